@@ -1,0 +1,327 @@
+"""The ``feedserve`` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from feedserve import __version__
+
+app = typer.Typer(
+    help="feedserve: a disaggregated inference platform for feed recommendation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+featurizer_app = typer.Typer(help="Featurizer pool processes.", no_args_is_help=True)
+app.add_typer(featurizer_app, name="featurizer")
+index_app = typer.Typer(help="The exhaustive post index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console(soft_wrap=True)  # long lines (the curl example) stay copy-pasteable
+err = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+@app.command()
+def version() -> None:
+    """Print the feedserve version."""
+    console.print(__version__)
+
+
+@app.command("demo-data")
+def demo_data(
+    members: Annotated[int, typer.Option(min=2, help="number of members")] = 2000,
+    posts: Annotated[int, typer.Option(min=1, help="number of posts")] = 5000,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 7,
+    days: Annotated[int, typer.Option(min=1, help="days of interactions")] = 30,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("var/data"),
+) -> None:
+    """Generate the synthetic professional-network data set (docs/data-format.md)."""
+    from feedserve.data.io import write_dataset
+    from feedserve.data.synthetic import DemoConfig, generate
+
+    start = time.perf_counter()
+    try:
+        cfg = DemoConfig(members=members, posts=posts, seed=seed, days=days)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    ds = generate(cfg, progress=True)
+    write_dataset(ds, out)
+    console.print(
+        f"wrote {len(ds.members)} members, {len(ds.posts)} posts, "
+        f"{len(ds.interactions)} interactions to {out} in {time.perf_counter() - start:.1f}s"
+    )
+
+
+@app.command()
+def build(
+    data: Annotated[Path, typer.Option(help="data set directory")] = Path("var/data"),
+    out: Annotated[Path, typer.Option(help="artifacts directory")] = Path("var/artifacts"),
+    epochs: Annotated[int, typer.Option(min=1, help="ranker training epochs")] = 8,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(help="local Hugging Face encoder/decoder directory (default: MiniLM)"),
+    ] = None,
+    pooling: Annotated[
+        str, typer.Option(help="mean (encoders) or last (last-token, for decoders)")
+    ] = "mean",
+) -> None:
+    """Build bucket tables, the encoder, the post index snapshot and the ranker."""
+    from feedserve.build import BuildOptions, build_artifacts
+
+    if pooling not in ("mean", "last"):
+        raise CLIError(f"--pooling must be mean or last, got {pooling!r}")
+    if base_model is not None and not (base_model / "config.json").is_file():
+        raise CLIError(f"--base-model {base_model} is not a Hugging Face model directory")
+    opts = BuildOptions(
+        ranker_epochs=epochs,
+        seed=seed,
+        base_model=base_model,
+        pooling="last" if pooling == "last" else "mean",
+    )
+    start = time.perf_counter()
+    manifest = build_artifacts(data, out, opts, log=console.print)
+    console.print(f"artifacts in {out} ({time.perf_counter() - start:.0f}s): {manifest['timings']}")
+
+
+@app.command()
+def load(
+    data: Annotated[Path, typer.Option(help="data set directory")] = Path("var/data"),
+) -> None:
+    """Replace the Redis feature store's contents (FEEDSERVE_REDIS_PREFIX) with a data set."""
+    from feedserve.launcher import load_dataset
+    from feedserve.settings import LauncherSettings
+
+    s = LauncherSettings(data_dir=data)
+    if s.embedded:
+        raise CLIError("FEEDSERVE_REDIS_URL is not set: nothing to load into")
+    n = load_dataset(s)
+    console.print(
+        f"loaded {data} ({n} interactions) into {s.redis_url} (prefix {s.redis_prefix!r})"
+    )
+
+
+@app.command()
+def up(
+    data: Annotated[Path, typer.Option(help="data set directory")] = Path("var/data"),
+    artifacts: Annotated[Path, typer.Option(help="artifacts directory")] = Path("var/artifacts"),
+    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="featurizer worker processes")] = 1,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis URL; default: redis://127.0.0.1:6379/0 if it answers, else none"),
+    ] = None,
+    embedded: Annotated[bool, typer.Option(help="no Redis: in-process featurizer")] = False,
+) -> None:
+    """Start tritonserver, the featurizer pool and the gateway; Ctrl-C stops them all."""
+    from feedserve.launcher import Ports, Stack, load_dataset
+    from feedserve.settings import LauncherSettings
+    from feedserve.store.redis_store import redis_answers
+
+    for path, what in (
+        (data / "manifest.json", "data set"),
+        (artifacts / "manifest.json", "artifacts"),
+    ):
+        if not path.is_file():
+            raise CLIError(f"no {what} at {path.parent}: run `make run` or `feedserve build` first")
+    base = LauncherSettings()
+    url = "" if embedded else (redis_url or base.redis_url or "redis://127.0.0.1:6379/0")
+    if url and not redis_answers(url):
+        if redis_url:
+            raise CLIError(f"Redis does not answer at {url}")
+        console.print(f"[yellow]no Redis at {url}: embedded mode (in-process featurizer)[/]")
+        url = ""
+    settings = base.model_copy(
+        update={
+            "redis_url": url,
+            "data_dir": data,
+            "artifacts_dir": artifacts,
+            "featurizer_workers": workers,
+            "gateway_port": port,
+        }
+    )
+    if url:
+        console.print(f"loading {data} into Redis at {url} (prefix {settings.redis_prefix!r})")
+        load_dataset(settings)
+    else:
+        (artifacts / "nearline" / "post_embeddings.log").unlink(missing_ok=True)
+    stack = Stack(
+        settings,
+        Ports.allocate(settings.host, gateway=port),
+        on_progress=lambda m: console.print(f"[dim]{m}[/]"),
+    )
+    stop = threading.Event()
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.perf_counter()
+    with console.status("starting the stack…"):
+        stack.start()
+    mode = f"Redis {url}, {workers} Celery worker(s)" if url else "embedded (in-process featurizer)"
+    example = json.dumps({"member_id": 42, "count": 5})
+    console.print(
+        f"\n[bold green]feedserve is up[/] in {time.perf_counter() - started:.0f}s — {mode}\n"
+        f"  gateway  {stack.gateway_url}   (OpenAPI docs: {stack.gateway_url}/docs)\n"
+        f"  triton   http://{stack.triton_url}\n"
+        f"  logs     {settings.runtime_dir}/logs\n\n"
+        "Try:\n"
+        f"  curl -s -X POST {stack.gateway_url}/v1/feed -H 'content-type: application/json' "
+        f"-d '{example}'\n\n"
+        "Ctrl-C stops everything."
+    )
+    try:
+        while not stop.wait(1.0):
+            dead = [p.name for p in stack.processes if not p.alive()]
+            if dead:
+                err.print(f"[red]{', '.join(dead)} exited; see {settings.runtime_dir}/logs[/]")
+                break
+    finally:
+        console.print("stopping…")
+        stack.stop()
+        console.print("stopped.")
+
+
+@index_app.command("build")
+def index_build(
+    encoder: Annotated[Path, typer.Option(help="encoder directory")] = Path(
+        "var/artifacts/encoder"
+    ),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="data set directory; default: every post in the Redis feature store"),
+    ] = None,
+    artifacts: Annotated[Path, typer.Option(help="artifacts (bucket tables)")] = Path(
+        "var/artifacts"
+    ),
+    out: Annotated[Path, typer.Option(help="snapshot directory to write")] = Path("var/index"),
+) -> None:
+    """Embed the whole corpus in batches and write an index snapshot (the offline mode)."""
+    from feedserve.release import index_with, load_corpus
+    from feedserve.settings import LauncherSettings
+    from feedserve_featurizers.hydrate import BUCKETS_FILE
+
+    start = time.perf_counter()
+    try:
+        corpus = load_corpus(LauncherSettings(), data)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    space = index_with(encoder, artifacts / BUCKETS_FILE, corpus, out)
+    console.print(
+        f"indexed {len(corpus.posts)} posts into {out} (space {space}) "
+        f"in {time.perf_counter() - start:.0f}s"
+    )
+
+
+@train_app.command("retrieval")
+def train_retrieval_cmd(
+    data: Annotated[Path, typer.Option(help="data set directory")] = Path("var/data"),
+    artifacts: Annotated[Path, typer.Option(help="release to start from")] = Path("var/artifacts"),
+    out: Annotated[Path | None, typer.Option(help="run directory")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 200,
+    batch_size: Annotated[int, typer.Option(min=2)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 5e-5,
+    temperature: Annotated[
+        float | None, typer.Option(help="softmax temperature; omit to learn it")
+    ] = None,
+    hard_negatives: Annotated[int, typer.Option(min=0, help="mined negatives per pair")] = 1,
+    freeze_layers: Annotated[int, typer.Option(min=0, help="frozen bottom layers")] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    evaluate: Annotated[bool, typer.Option(help="compare base vs trained")] = True,
+    export: Annotated[bool, typer.Option(help="export a new Triton model version")] = True,
+    from_store: Annotated[
+        bool, typer.Option(help="index every post in the Redis store (not the data set)")
+    ] = False,
+    runtime_dir: Annotated[Path, typer.Option(help="holds the runtime model repository")] = Path(
+        "var/run"
+    ),
+    triton_url: Annotated[
+        str | None, typer.Option(help="a running tritonserver to switch to the new version")
+    ] = None,
+) -> None:
+    """Contrastive training of the retrieval encoder; exports encoder + index as a version."""
+    from feedserve.models.retrieval import RetrievalTrainConfig
+    from feedserve.release import activate, load_corpus, release_retrieval, train_demo_retrieval
+    from feedserve.settings import LauncherSettings
+
+    run_dir = out or Path("var/retrieval") / time.strftime("run-%Y%m%d-%H%M%S")
+    cfg = RetrievalTrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        temperature=temperature,
+        hard_negatives=hard_negatives,
+        freeze_layers=freeze_layers,
+        seed=seed,
+        checkpoint_every=max(steps // 4, 1),
+    )
+    outcome = train_demo_retrieval(data, artifacts, run_dir / "encoder", cfg, evaluate=evaluate)
+    report = outcome.report
+    console.print(
+        f"trained {report.steps} steps on {report.pairs} pairs in {report.seconds:.0f}s: "
+        f"loss {report.losses[0]:.3f} → {report.final_loss:.3f}, τ={report.temperature:.3f}"
+    )
+    if outcome.metrics:
+        table = Table("encoder", *next(iter(outcome.metrics.values())).keys())
+        for name, values in outcome.metrics.items():
+            table.add_row(name, *(f"{v:.4f}" for v in values.values()))
+        console.print(table)
+    if not export:
+        return
+    settings = LauncherSettings(runtime_dir=runtime_dir)
+    release = release_retrieval(
+        run_dir / "encoder",
+        artifacts,
+        load_corpus(settings, None if from_store else data),
+        run_dir,
+        settings.model_repo,
+        settings.runtime_model_repo,
+    )
+    console.print(
+        f"exported retrieval_encoder and post_index version {release.version} "
+        f"({release.posts} posts, space {release.space}) to {settings.runtime_model_repo}"
+    )
+    if triton_url:
+        console.print(f"now serving: {activate(triton_url)}")
+
+
+@featurizer_app.command("consume")
+def featurizer_consume() -> None:
+    """Run the nearline engagement-event consumer until SIGTERM/Ctrl-C."""
+    from feedserve_featurizers.consumer import main as consumer_main
+
+    consumer_main()
+
+
+def main() -> None:
+    from feedserve.data.io import DatasetError
+    from feedserve.launcher import StartupError
+
+    try:
+        app()
+    except (CLIError, DatasetError, StartupError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""What the Triton models compute, as plain classes callable without Triton.
+
+Each handler takes one dynamic batch as a list of requests (input name → array, without the
+batch dimension; ``None`` for an optional input not sent) and returns, per request, either
+its outputs or an error message (a bad request fails alone, not its batch neighbours).
+``model_repo/*/<version>/model.py`` only converts Triton tensors to and from these.
+
+Artifacts: a model version directory that carries its own artifacts (``encoder/``, ``index/``,
+written by ``feedserve train retrieval`` exports) serves those; otherwise the handler serves
+the release in ``FEEDSERVE_ARTIFACTS_DIR`` (what ``feedserve build`` wrote).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from feedserve.models.encoder import TextEncoder
+from feedserve.models.post_table import PostEmbeddingTable
+from feedserve.models.ranker import RankerService
+from feedserve.settings import ModelSettings
+from feedserve.store import open_embedding_log
+
+Request = dict[str, np.ndarray | None]
+Result = dict[str, np.ndarray] | str
+
+
+class Handler(Protocol):
+    def handle(self, batch: Sequence[Request]) -> list[Result]: ...
+
+
+def artifact_dir(settings: ModelSettings, version_dir: Path | None, name: str) -> Path:
+    """``version_dir/name`` when the model version ships it, else the release's ``name``."""
+    if version_dir is not None and (version_dir / name).is_dir():
+        return version_dir / name
+    return Path(settings.artifacts_dir) / name
+
+
+def _configure_torch(settings: ModelSettings) -> None:
+    torch.set_grad_enabled(False)
+    if settings.device == "cpu":
+        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+
+
+class EncoderHandler:
+    """``retrieval_encoder``: token ids (preferred) or text → unit-length embedding."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+
+    @classmethod
+    def from_settings(
+        cls, settings: ModelSettings, version_dir: Path | None = None
+    ) -> EncoderHandler:
+        _configure_torch(settings)
+        encoder_dir = artifact_dir(settings, version_dir, "encoder")
+        return cls(TextEncoder(encoder_dir, device=settings.device))
+
+    def handle(self, batch: Sequence[Request]) -> list[Result]:
+        results: list[Result] = ["" for _ in batch]
+        ids: list[np.ndarray] = []
+        rows: list[int] = []
+        vocab = self.encoder.tokenizer.vocab_size
+        for i, req in enumerate(batch):
+            input_ids, text = req.get("input_ids"), req.get("text")
+            if input_ids is not None:
+                seq = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+                if seq.size == 0:
+                    results[i] = "input_ids is empty"
+                    continue
+                if seq.min() < 0 or seq.max() >= vocab:
+                    results[i] = f"input_ids out of range [0, {vocab})"
+                    continue
+                ids.append(seq)
+            elif text is not None:
+                raw = np.asarray(text).reshape(-1)[0]
+                value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                ids.append(self.encoder.tokenizer.encode(value))
+            else:
+                results[i] = "send either input_ids or text"
+                continue
+            rows.append(i)
+        if rows:
+            emb = self.encoder.encode_ids(ids)
+            space = np.array([self.encoder.config.fingerprint.encode()], dtype=np.object_)
+            for row, vec in zip(rows, emb, strict=True):
+                results[row] = {"embedding": vec, "space": space}
+        return results
+
+
+class IndexHandler:
+    """``post_index``: exhaustive top-K over all post embeddings.
+
+    The query is an embedding (``query``) or the mean embedding of some posts
+    (``query_post_ids``: the session-context source). Excluded posts and posts by blocked
+    authors never come back.
+    """
+
+    max_k = 4096
+
+    def __init__(self, table: PostEmbeddingTable) -> None:
+        self.table = table
+
+    @classmethod
+    def from_settings(
+        cls, settings: ModelSettings, version_dir: Path | None = None
+    ) -> IndexHandler:
+        _configure_torch(settings)
+        log = open_embedding_log(settings)
+        index_dir = artifact_dir(settings, version_dir, "index")
+        return cls(PostEmbeddingTable(index_dir, log, settings.nearline_poll_s))
+
+    def _query(self, req: Request) -> np.ndarray | str:
+        query, post_ids = req.get("query"), req.get("query_post_ids")
+        if query is not None and post_ids is not None:
+            return "send query or query_post_ids, not both"
+        if query is not None:
+            vec = np.asarray(query, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != self.table.dim:
+                return f"query must have {self.table.dim} values, got {vec.shape[0]}"
+            return vec
+        if post_ids is not None:
+            ids = np.asarray(post_ids, dtype=np.int64).reshape(-1)
+            emb, found = self.table.embeddings_of(ids)
+            if not found.any():
+                return "none of query_post_ids is in the index"
+            mean = emb[found].mean(axis=0)
+            return mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return "send either query or query_post_ids"
+
+    def handle(self, batch: Sequence[Request]) -> list[Result]:
+        results: list[Result] = ["" for _ in batch]
+        queries: list[np.ndarray] = []
+        ks: list[int] = []
+        excludes: list[list[int]] = []
+        blocked: list[list[int]] = []
+        rows: list[int] = []
+        for i, req in enumerate(batch):
+            query = self._query(req)
+            k = int(np.asarray(req["k"]).reshape(-1)[0])
+            if isinstance(query, str):
+                results[i] = query
+                continue
+            if not 1 <= k <= self.max_k:
+                results[i] = f"k must be in [1, {self.max_k}], got {k}"
+                continue
+            exclude, authors = req.get("exclude_ids"), req.get("blocked_author_ids")
+            excluded = [] if exclude is None else np.asarray(exclude).reshape(-1).tolist()
+            if req.get("query") is None and req.get("query_post_ids") is not None:
+                excluded += np.asarray(req["query_post_ids"]).reshape(-1).tolist()
+            excludes.append(excluded)
+            blocked.append([] if authors is None else np.asarray(authors).reshape(-1).tolist())
+            queries.append(query)
+            ks.append(k)
+            rows.append(i)
+        if rows:
+            ids, scores = self.table.search(np.stack(queries), max(ks), excludes, blocked)
+            for j, row in enumerate(rows):
+                keep = ids[j, : ks[j]] > 0
+                results[row] = {
+                    "post_ids": ids[j, : ks[j]][keep],
+                    "scores": scores[j, : ks[j]][keep].astype(np.float32),
+                }
+        return results
+
+
+class RankerHandler:
+    """``generative_ranker``: one history encoding per member, then all its candidates."""
+
+    def __init__(self, service: RankerService) -> None:
+        self.service = service
+
+    @classmethod
+    def from_settings(
+        cls, settings: ModelSettings, version_dir: Path | None = None
+    ) -> RankerHandler:
+        """The ranker reads post content from the release's own index snapshot (the embedding
+        space it was trained in), not from a newer retrieval version's."""
+        _configure_torch(settings)
+        log = open_embedding_log(settings)
+        table = PostEmbeddingTable(
+            Path(settings.artifacts_dir) / "index", log, settings.nearline_poll_s
+        )
+        ranker_dir = artifact_dir(settings, version_dir, "ranker")
+        return cls(RankerService(ranker_dir, table, settings.device))
+
+    def handle(self, batch: Sequence[Request]) -> list[Result]:
+        results: list[Result] = ["" for _ in batch]
+        names = ("history_post_ids", "history_actions", "history_time_buckets")
+        rows: list[int] = []
+        hist: list[list[np.ndarray]] = []
+        cands: list[np.ndarray] = []
+        for i, req in enumerate(batch):
+            arrays = [np.asarray(req[n], dtype=np.int64).reshape(-1) for n in names]
+            if len({a.shape[0] for a in arrays}) != 1:
+                results[i] = (
+                    "history_post_ids, history_actions and history_time_buckets differ in length"
+                )
+                continue
+            if (arrays[1] < 0).any() or (arrays[1] > 6).any():
+                results[i] = "history_actions must be action codes in [0, 6]"
+                continue
+            hist.append(arrays)
+            cands.append(np.asarray(req["candidate_ids"], dtype=np.int64).reshape(-1))
+            rows.append(i)
+        if not rows:
+            return results
+        width = max(h[0].shape[0] for h in hist) or 1
+        stacked = []
+        for col in range(3):  # left-pad to the longest history in the batch
+            arr = np.zeros((len(hist), width), dtype=np.int64)
+            for j, h in enumerate(hist):
+                if h[col].shape[0]:
+                    arr[j, -h[col].shape[0] :] = h[col]
+            stacked.append(arr)
+        scores = self.service.score(stacked[0], stacked[1], stacked[2], cands)
+        for row, s in zip(rows, scores, strict=True):
+            results[row] = {"scores": s}
+        return results
+
+
+HANDLERS: dict[str, type[EncoderHandler] | type[IndexHandler] | type[RankerHandler]] = {
+    "retrieval_encoder": EncoderHandler,
+    "post_index": IndexHandler,
+    "generative_ranker": RankerHandler,
+}
+
+
+def build_handler(
+    model_name: str, settings: ModelSettings | None = None, version_dir: Path | None = None
+) -> Handler:
+    """The handler of ``model_name``; ``version_dir`` is the Triton model version directory."""
+    if model_name not in HANDLERS:
+        raise KeyError(f"unknown model {model_name!r}; known: {sorted(HANDLERS)}")
+    return HANDLERS[model_name].from_settings(settings or ModelSettings(), version_dir)

@@ -1,0 +1,83 @@
+"""Settings, one class per process, all read from ``FEEDSERVE_*`` environment variables.
+
+``CommonSettings`` holds what every process must agree on (where Redis is, where the built
+artifacts are). Each process has its own subclass; nothing else in the code base reads
+``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEEDSERVE_", extra="ignore")
+
+    redis_url: str = Field(
+        default="",
+        description="Redis URL for the feature store, broker and streams; empty = embedded mode",
+    )
+    redis_prefix: str = Field(default="fs", description="key prefix for every Redis key")
+    artifacts_dir: Path = Field(
+        default=Path("var/artifacts"), description="built models, index and bucket tables"
+    )
+    data_dir: Path = Field(default=Path("var/data"), description="demo data set directory")
+    history_max_len: int = Field(default=1024, ge=1, description="events kept per member")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: in-memory store and in-process featurizer."""
+        return not self.redis_url
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    triton_url: str = Field(default="127.0.0.1:8001", description="Triton HTTP host:port")
+    triton_timeout_s: float = Field(default=2.0, gt=0)
+    featurizer_timeout_s: float = Field(default=2.0, gt=0)
+    retrieval_k: int = Field(default=200, ge=1, le=2000)
+    max_per_author: int = Field(default=2, ge=1)
+
+
+class FeaturizerSettings(CommonSettings):
+    triton_url: str = Field(default="127.0.0.1:8001", description="Triton HTTP host:port")
+    member_prompt_tokens: int = Field(default=256, ge=16)
+    post_prompt_tokens: int = Field(default=128, ge=16)
+    ranker_history_len: int = Field(default=128, ge=1)
+    network_candidates: int = Field(default=50, ge=0)
+    popular_candidates: int = Field(default=50, ge=0)
+    fresh_candidates: int = Field(default=50, ge=0)
+    worker_concurrency: int = Field(default=4, ge=1)
+
+
+class ModelSettings(CommonSettings):
+    """Settings of the Python-backend models running inside tritonserver."""
+
+    device: str = Field(default="cpu", description="torch device for model inference")
+    nearline_poll_s: float = Field(default=0.2, gt=0, description="embedding-log tail period")
+
+
+class LauncherSettings(CommonSettings):
+    """Settings of ``feedserve up`` and the other CLI commands."""
+
+    host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    model_repo: Path = Field(
+        default=Path("model_repo"), description="source model repository (configs and code)"
+    )
+    runtime_dir: Path = Field(
+        default=Path("var/run"),
+        description="logs, Triton backends and the runtime model repository (exported versions)",
+    )
+
+    @property
+    def runtime_model_repo(self) -> Path:
+        """What tritonserver loads: the source configs plus exported versions."""
+        return Path(self.runtime_dir) / "model_repo"
+
+    featurizer_workers: int = Field(default=1, ge=0)
+    startup_timeout_s: float = Field(default=180.0, gt=0)

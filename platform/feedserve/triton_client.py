@@ -1,0 +1,216 @@
+"""The one module that talks to Triton (Open Inference Protocol v2 over HTTP, binary tensors).
+
+Requests are built from ``feedserve.models.signatures``, so names and types cannot drift from
+the model repository. Every call has a client-side deadline; failures surface as
+``TritonUnavailable`` (server down, timeout) or ``TritonRequestError`` (the model rejected
+the request), which the gateway maps to degraded answers or HTTP errors in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from tritonclient.http import InferInput, InferRequestedOutput
+from tritonclient.http.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from feedserve.models.signatures import (
+    GENERATIVE_RANKER,
+    POST_INDEX,
+    RETRIEVAL_ENCODER,
+    SIGNATURES,
+    ModelSignature,
+)
+
+
+class TritonError(Exception):
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+
+
+class TritonUnavailable(TritonError):
+    """The server did not answer in time or refused the connection."""
+
+
+class TritonRequestError(TritonError):
+    """The server answered with an error for this request."""
+
+
+def _input(signature: ModelSignature, name: str, value: np.ndarray) -> InferInput:
+    spec = signature.input(name)
+    arr = np.asarray(value, dtype=spec.numpy_dtype)[None, ...]  # batch of one
+    tensor = InferInput(name, list(arr.shape), spec.dtype)
+    tensor.set_data_from_numpy(arr, binary_data=True)
+    return tensor
+
+
+class InferenceClient(Protocol):
+    """What the gateway needs from the inference pool (``AsyncTritonClient``; fakes in tests)."""
+
+    async def embed_ids(
+        self, input_ids: np.ndarray, timeout_s: float | None = None
+    ) -> np.ndarray: ...
+
+    async def embed_ids_tagged(
+        self, input_ids: np.ndarray, timeout_s: float | None = None
+    ) -> tuple[np.ndarray, str]: ...
+
+    async def search(
+        self,
+        query: np.ndarray | None,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        timeout_s: float | None = None,
+        *,
+        query_post_ids: np.ndarray | None = None,
+        blocked_author_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    async def rank(
+        self,
+        history: Mapping[str, np.ndarray],
+        candidate_ids: np.ndarray,
+        timeout_s: float | None = None,
+    ) -> np.ndarray: ...
+
+    async def ready(self, models: tuple[str, ...] = ...) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncTritonClient:
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = InferenceServerClient(url=url, conn_timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _infer(
+        self, signature: ModelSignature, inputs: Mapping[str, np.ndarray], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
+        tensors = [_input(signature, n, v) for n, v in inputs.items()]
+        outputs = [InferRequestedOutput(s.name, binary_data=True) for s in signature.outputs]
+        try:
+            result = await asyncio.wait_for(
+                self._client.infer(signature.name, tensors, outputs=outputs),
+                timeout=timeout_s or self.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise TritonUnavailable(signature.name, "timed out") from exc
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if status in {"400", "StatusCode.INVALID_ARGUMENT"}:
+                raise TritonRequestError(signature.name, exc.message() or str(exc)) from exc
+            raise TritonUnavailable(signature.name, exc.message() or str(exc)) from exc
+        except OSError as exc:  # connection refused / reset (aiohttp errors subclass OSError)
+            raise TritonUnavailable(signature.name, str(exc) or type(exc).__name__) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("aiohttp"):
+                raise TritonUnavailable(signature.name, str(exc) or type(exc).__name__) from exc
+            raise
+        return {s.name: result.as_numpy(s.name)[0] for s in signature.outputs}
+
+    async def ready(self, models: tuple[str, ...] = tuple(SIGNATURES)) -> bool:
+        """True when the server and every model in ``models`` are ready."""
+        try:
+            ok = await asyncio.wait_for(self._client.is_server_ready(), self.timeout_s)
+            for name in models if ok else ():
+                ok = ok and await asyncio.wait_for(
+                    self._client.is_model_ready(name), self.timeout_s
+                )
+            return bool(ok)
+        except Exception:
+            return False
+
+    async def embed_ids(self, input_ids: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        return (await self.embed_ids_tagged(input_ids, timeout_s))[0]
+
+    async def embed_ids_tagged(
+        self, input_ids: np.ndarray, timeout_s: float | None = None
+    ) -> tuple[np.ndarray, str]:
+        """The embedding and the fingerprint of the encoder (embedding space) that made it."""
+        out = await self._infer(RETRIEVAL_ENCODER, {"input_ids": input_ids}, timeout_s)
+        return out["embedding"], _text(out["space"])
+
+    async def embed_text(self, text: str, timeout_s: float | None = None) -> np.ndarray:
+        arr = np.array([text.encode("utf-8")], dtype=np.object_)
+        out = await self._infer(RETRIEVAL_ENCODER, {"text": arr}, timeout_s)
+        return out["embedding"]
+
+    async def search(
+        self,
+        query: np.ndarray | None,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        timeout_s: float | None = None,
+        *,
+        query_post_ids: np.ndarray | None = None,
+        blocked_author_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` posts for an embedding, or for the mean of ``query_post_ids``."""
+        inputs: dict[str, np.ndarray] = {"k": np.array([k], dtype=np.int32)}
+        if query is not None:
+            inputs["query"] = query
+        if query_post_ids is not None:
+            inputs["query_post_ids"] = np.asarray(query_post_ids, dtype=np.int64)
+        for name, ids in (("exclude_ids", exclude_ids), ("blocked_author_ids", blocked_author_ids)):
+            if ids is not None and len(ids):
+                inputs[name] = np.asarray(ids, dtype=np.int64)
+        out = await self._infer(POST_INDEX, inputs, timeout_s)
+        return out["post_ids"], out["scores"]
+
+    async def load_model(self, name: str) -> None:
+        """(Re)load a model: Triton switches to the newest version in the repository."""
+        try:
+            await asyncio.wait_for(self._client.load_model(name), timeout=600)
+        except InferenceServerException as exc:
+            raise TritonRequestError(name, exc.message() or str(exc)) from exc
+
+    async def model_version(self, name: str) -> str:
+        """The newest ready version of ``name`` ("" if none is ready)."""
+        index = await asyncio.wait_for(self._client.get_model_repository_index(), self.timeout_s)
+        ready = [
+            int(m["version"])
+            for m in index
+            if m.get("name") == name and m.get("state") == "READY" and m.get("version")
+        ]
+        return str(max(ready)) if ready else ""
+
+    async def rank(
+        self,
+        history: Mapping[str, np.ndarray],
+        candidate_ids: np.ndarray,
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
+        inputs = {
+            "history_post_ids": history["history_post_ids"],
+            "history_actions": history["history_actions"],
+            "history_time_buckets": history["history_time_buckets"],
+            "candidate_ids": candidate_ids,
+        }
+        out = await self._infer(GENERATIVE_RANKER, inputs, timeout_s)
+        return out["scores"]
+
+
+def _text(arr: np.ndarray) -> str:
+    raw = np.asarray(arr).reshape(-1)[0]
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def run_sync(url: str, timeout_s: float, call: Any) -> Any:
+    """Run ``call(client)`` (a coroutine function) from synchronous code, e.g. a Celery task."""
+
+    async def main() -> Any:
+        client = AsyncTritonClient(url, timeout_s)
+        try:
+            return await call(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())

@@ -1,0 +1,88 @@
+"""The wire-format benchmark runs (quick mode) and reports verified, well-formed results.
+
+Correctness only: no timing is asserted here, speed lives in ops/results/wire_format.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "ops" / "bench"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PAYLOADS = {
+    "hydrate_member_L128",
+    "hydrate_member_L512",
+    "hydrate_member_L1024",
+    "embeddings_32x384",
+}
+CODEC_OVERHEAD_PER_MESSAGE = 512
+"""Bytes the codec may add to the raw array buffers (map, keys, ext and array headers)."""
+
+
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def check_results(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "wire_format.json").read_text())
+    assert {"device", "python", "quick", "rows", "summary"} <= set(data)
+    assert data["quick"] is True
+    assert data["device"] and data["python"].startswith("3.")
+
+    rows = data["rows"]
+    assert {(r["payload"], r["method"]) for r in rows} == {
+        (p, m) for p in PAYLOADS for m in ("codec", "json")
+    }
+    for r in rows:
+        assert r["roundtrip_verified"] is True
+        assert r["max_abs_error"] <= 1e-6
+        assert r["bytes"] > 0
+        assert 0 < r["roundtrip_ns_median"] <= r["roundtrip_ns_p99"]
+        assert r["reps"] >= 1
+
+    by = {(r["payload"], r["method"]): r for r in rows}
+    for payload in PAYLOADS:
+        ours = by[(payload, "codec")]
+        # the codec is the raw buffers plus small headers, whatever the values
+        assert ours["array_nbytes"] <= ours["bytes"]
+        assert ours["bytes"] <= ours["array_nbytes"] + CODEC_OVERHEAD_PER_MESSAGE
+        # with the featurizer's narrow wire dtypes the binary form is smaller than JSON lists
+        assert ours["bytes"] < by[(payload, "json")]["bytes"], payload
+    floats = "embeddings_32x384"
+    assert by[(floats, "json")]["max_abs_error"] == 0.0  # float32 → double repr → float32
+
+    summary = data["summary"]
+    l1024 = ("hydrate_member_L1024", "codec"), ("hydrate_member_L1024", "json")
+    assert summary["size_ratio_json_over_codec"] == by[l1024[1]]["bytes"] / by[l1024[0]]["bytes"]
+    assert summary["speedup_codec_vs_json"] > 0
+
+    png = out / "wire_format.png"
+    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+    return data
+
+
+def test_wire_format_quick(tmp_path: Path) -> None:
+    proc = run("wire_format.py", "--quick", "--out", str(tmp_path))
+    check_results(tmp_path)
+    assert "summary" in proc.stdout
+
+
+def test_run_all_discovers_and_runs_wire_format(tmp_path: Path) -> None:
+    proc = run("run_all.py", "--quick", "--out", str(tmp_path), timeout=300)
+    assert "wire_format" in proc.stdout
+    assert "failed" not in proc.stdout
+    check_results(tmp_path)
