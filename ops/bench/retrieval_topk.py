@@ -46,6 +46,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from _benchenv import cpu_description, load_average
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -311,31 +312,6 @@ def run_case(
     del ours_index, faiss_index, ours_build, faiss_build, searches, results
     gc.collect()
     return row
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def cpu_description() -> str:
-    """CPU model from /proc/cpuinfo plus the number of logical cores."""
-    model = platform.processor() or platform.machine()
-    cores = os.cpu_count() or 0
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    if models:
-        model = models[0]
-        cores = sum(1 for ln in lines if ln.startswith("processor"))
-    return f"{model} ({cores} cores)"
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # --------------------------------------------------------------------------- reporting

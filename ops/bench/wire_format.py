@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _benchenv import cpu_description
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -222,24 +222,6 @@ def time_interleaved(
             advance(step)
     advance((reps + warmup) % step)
     return {name: Samples(enc_ns[name], dec_ns[name]) for name in names}
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def cpu_description() -> str:
-    """CPU model from /proc/cpuinfo plus the number of logical cores."""
-    model = platform.processor() or platform.machine()
-    cores = os.cpu_count() or 0
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    if models:
-        model = models[0]
-        cores = sum(1 for ln in lines if ln.startswith("processor"))
-    return f"{model} ({cores} cores)"
 
 
 # --------------------------------------------------------------------------- reporting

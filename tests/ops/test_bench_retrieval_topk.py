@@ -26,6 +26,8 @@ def load_bench() -> ModuleType:
     name = "bench_retrieval_topk"
     if name in sys.modules:
         return sys.modules[name]
+    if str(BENCH) not in sys.path:  # as when run as a script: its folder is on the path
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / "retrieval_topk.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
