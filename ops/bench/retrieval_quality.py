@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _benchenv import cpu_description
 from rich.console import Console
 from rich.table import Table
 
@@ -159,21 +160,6 @@ QUICK = Setup(
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def cpu_description() -> str:
-    """CPU model from /proc/cpuinfo plus the number of logical cores."""
-    model = platform.processor() or platform.machine()
-    cores = os.cpu_count() or 0
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    if models:
-        model = models[0]
-        cores = sum(1 for ln in lines if ln.startswith("processor"))
-    return f"{model} ({cores} cores)"
 
 
 def device_description(train_device: str) -> str:
