@@ -18,12 +18,11 @@ one value, std 0).
 models × 3 seeds — must fit about half an hour on a shared 2-core CPU; all recorded in the JSON
 under ``_meta.setup``):
 
-* **far fewer epochs** than the reference's 101 (on a GPU): 8 per data set (``FULL``), chosen
+* **far fewer epochs** than the reference's 101 (on a GPU): 24 per data set (``FULL``), chosen
   from measured epoch times, which depend heavily on the other load of the 2 shared cores:
   about 4 s (ML-100K) and 6 s (ml-latest-small) per model and epoch on a quiet machine (the
-  whole run then takes about 8 minutes), 10-50 s under heavy load (a run then took 32
-  minutes, with the time budget below cutting runs short) — the models are under-trained
-  compared with the reference (on a quiet machine about 3x the epochs would still fit);
+  whole run then takes about 22 minutes), 10-50 s under heavy load (time budget below) —
+  the models are under-trained compared with the reference;
 * **batch 32** instead of 128: 4× the optimizer steps per epoch at about the same epoch time,
   which matters when only a few epochs are affordable (measured: HSTU on ML-100K reached
   HR@10 0.029 after one epoch at batch 32, 0.007 at batch 128);
@@ -106,7 +105,7 @@ TRAIN = GRTrainConfig(
 MODEL = {"dim": 50, "blocks": 2, "heads": 1, "dropout": 0.2, "temperature": 0.05}
 
 FULL = Setup(
-    epochs={"ml-100k": 8, "ml-latest-small": 8},
+    epochs={"ml-100k": 24, "ml-latest-small": 24},
     seeds=(0, 1, 2),
     train=TRAIN,
     model=MODEL,
