@@ -29,3 +29,12 @@ def load_average() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+def device_description(device: str) -> str:
+    """The torch device a benchmark trained/ran on: the GPU's name, or the CPU and its threads."""
+    import torch  # here, not at the top: benchmarks without torch import this module too
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} + {cpu_description()}"
+    return f"CPU: {cpu_description()}, torch threads {torch.get_num_threads()}"

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _benchenv import cpu_description, load_average
+from _benchenv import device_description, load_average
 from rich.console import Console
 from rich.table import Table
 
@@ -120,12 +120,6 @@ QUICK = Setup(
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def device_description(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} + {cpu_description()}"
-    return f"CPU: {cpu_description()}, torch threads {torch.get_num_threads()}"
 
 
 def quick_subset(split: LeaveOneOut, n: int) -> LeaveOneOut:

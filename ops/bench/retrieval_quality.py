@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _benchenv import cpu_description
+from _benchenv import device_description
 from rich.console import Console
 from rich.table import Table
 
@@ -156,15 +156,6 @@ QUICK = Setup(
     ),
     quick_users=12,
 )
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def device_description(train_device: str) -> str:
-    if train_device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} + {cpu_description()}"
-    return f"CPU: {cpu_description()}, torch threads {torch.get_num_threads()}"
 
 
 # --------------------------------------------------------------------------- evaluation
