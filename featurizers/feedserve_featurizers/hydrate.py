@@ -31,7 +31,7 @@ SEEN_WINDOW = 512
 WIRE_DTYPES: dict[str, type[np.integer]] = {
     "input_ids": np.int32,
     "history_actions": np.uint8,
-    "history_time_buckets": np.uint8,
+    "history_timestamps": np.uint32,
 }
 """Narrow dtypes for small-valued fields of featurizer results: the binary codec spends the
 item size per value, so int64 action codes would cost 8 bytes where 1 does. The Triton client
@@ -126,7 +126,8 @@ def hydrate_member(
     Keys: ``known`` (profile or history exists), ``input_ids`` (member prompt tokens; empty
     without a profile), the ranker history tensors, ``seen_ids``, ``blocked_author_ids`` and
     the non-embedding candidate sources ``network_ids`` (posts by connections and followed
-    authors), ``popular_ids``, ``fresh_ids``.
+    authors), ``popular_ids``, ``fresh_ids``, and ``request_time`` (``now``: the time the
+    ranker scores candidates at).
     """
     s = ctx.settings
     member = ctx.store.get_member(member_id)
@@ -151,6 +152,7 @@ def hydrate_member(
         "network_ids": np.array(network, dtype=np.int64),
         "popular_ids": np.array(ctx.store.popular_posts(s.popular_candidates), dtype=np.int64),
         "fresh_ids": np.array(ctx.store.recent_posts(s.fresh_candidates), dtype=np.int64),
+        "request_time": int(now),
     }
     out.update(history_tensors(history, s.ranker_history_len))
     return to_wire(out)

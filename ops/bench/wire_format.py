@@ -57,7 +57,7 @@ SOURCE_CANDIDATES = 50
 POST_ID_SPACE = 10_000_000  # post ids of a mid-sized feed corpus: 7 digits in JSON
 MEMBER_ID = 4_211_977
 ACTION_CODES = (2, 3, 4, 5, 6)  # engagement actions (feedserve.contracts.Action, no impression)
-TIME_BUCKETS = 32
+T_NOW = 1_767_225_600  # request time of the payload (unix seconds)
 EMBED_BATCH, EMBED_DIM = 32, 384
 
 Encoder = Callable[[Any], bytes]
@@ -84,7 +84,10 @@ def hydrate_member_payload(rng: np.random.Generator, history_len: int) -> dict[s
             "fresh_ids": post_ids(SOURCE_CANDIDATES),
             "history_post_ids": post_ids(history_len),
             "history_actions": rng.choice(np.array(ACTION_CODES, dtype=np.int64), size=history_len),
-            "history_time_buckets": rng.integers(0, TIME_BUCKETS, size=history_len, dtype=np.int64),
+            "history_timestamps": np.sort(
+                T_NOW - rng.integers(0, 365 * 86_400, size=history_len, dtype=np.int64)
+            ),
+            "request_time": T_NOW,
         }
     )
 
@@ -442,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         "payload_notes": {
             "hydrate_member_L*": f"member_id, known, input_ids int32[{PROMPT_TOKENS}], "
             f"seen_ids int64[~{SEEN_IDS}], network/popular/fresh_ids int64"
-            f"[{SOURCE_CANDIDATES}], history_post_ids int64[L], history_actions and "
-            f"history_time_buckets uint8[L] (hydrate.WIRE_DTYPES); post ids < {POST_ID_SPACE}",
+            f"[{SOURCE_CANDIDATES}], history_post_ids int64[L], history_actions uint8[L] and "
+            f"history_timestamps uint32[L] (hydrate.WIRE_DTYPES), request_time; post ids < "
+            f"{POST_ID_SPACE}",
             "embeddings_*": f"float32[{EMBED_BATCH},{EMBED_DIM}], unit-norm rows",
         },
         "rows": rows,

@@ -4,7 +4,8 @@
 2. the retrieval encoder with the bucket tokens added (``encoder/``);
 3. post prompts for the whole corpus, embedded in batches (``index/`` snapshot: the offline
    mode of ``feedserve index build``);
-4. the sequential ranker, trained on the members' engagement sequences (``ranker/``);
+4. the generative ranker (content-aware HSTU, :mod:`feedserve.models.gr_serving`), trained on
+   the members' engagement sequences with post content from the snapshot (``ranker/``);
 5. ``manifest.json``: what was built from what, with timings.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,15 @@ from tqdm import tqdm
 from feedserve import __version__
 from feedserve.contracts import EngagementCounts, Member, Post
 from feedserve.data.io import read_dataset
+from feedserve.data.sequences import dataset_sequences
 from feedserve.data.synthetic import DemoDataset
 from feedserve.models.encoder import Pooling, TextEncoder, export_encoder
-from feedserve.models.post_table import write_snapshot
-from feedserve.models.ranker import RankerConfig, build_training_data, save_ranker, train_ranker
+from feedserve.models.gr_serving import (
+    ServingRankerConfig,
+    save_serving_ranker,
+    train_serving_ranker,
+)
+from feedserve.models.post_table import PostEmbeddingTable, write_snapshot
 from feedserve.prompts import PROMPT_VERSION, BucketTable, render_post_prompt, special_tokens
 from feedserve.store.base import FeatureStore
 from feedserve_featurizers.hydrate import BUCKETS_FILE
@@ -37,8 +43,9 @@ MANIFEST = "manifest.json"
 @dataclass
 class BuildOptions:
     post_prompt_tokens: int = 128
-    ranker_epochs: int = 8
-    ranker: RankerConfig | None = None
+    ranker_epochs: int = 12
+    ranker: ServingRankerConfig | None = None
+    """Ranker settings; its ``epochs`` and ``seed`` are replaced by the options' own."""
     seed: int = 0
     batch_size: int = 64
     progress: bool = True
@@ -141,7 +148,7 @@ def build_artifacts(
     log(f"encoder: {encoder.config.base} (+{len(encoder.config.special_tokens)} bucket tokens)")
 
     t = time.perf_counter()
-    emb = build_index(
+    build_index(
         Corpus.from_dataset(ds),
         encoder,
         buckets,
@@ -150,19 +157,27 @@ def build_artifacts(
         batch_size=opts.batch_size,
         progress=opts.progress,
     )
-    post_ids = np.array([p.post_id for p in ds.posts], dtype=np.int64)
     timings["embed_posts_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cfg = opts.ranker or RankerConfig(content_dim=encoder.dim)
-    histories = ds.histories()
-    data = build_training_data([histories[m.member_id] for m in ds.members], cfg.max_len)
-    model, vocab, losses = train_ranker(
-        data, post_ids, emb, cfg, epochs=opts.ranker_epochs, seed=opts.seed, progress=opts.progress
+    cfg = replace(opts.ranker or ServingRankerConfig(), epochs=opts.ranker_epochs, seed=opts.seed)
+    sequences = dataset_sequences(ds, include_impressions=False)
+    ranker, report = train_serving_ranker(
+        sequences, PostEmbeddingTable(out_dir / "index", None), cfg, progress=opts.progress
     )
-    save_ranker(out_dir / "ranker", model, vocab)
+    save_serving_ranker(out_dir / "ranker", ranker)
     timings["train_ranker_s"] = time.perf_counter() - t
-    log(f"ranker: {len(data.post_ids)} sequences, loss {losses[0]:.3f} → {losses[-1]:.3f}")
+    quality = ranker.info.get("eval", {})
+    log(
+        f"ranker: {cfg.kind} on {report.examples} members, {report.epochs} epochs, "
+        f"final loss {report.final_loss:.3f}"
+        + (
+            f"; held-out HR@10 {quality[cfg.kind]['hr@10']:.3f} "
+            f"(popularity {quality['popularity']['hr@10']:.3f})"
+            if quality
+            else ""
+        )
+    )
 
     manifest: dict[str, object] = {
         "feedserve_version": __version__,
@@ -170,7 +185,7 @@ def build_artifacts(
         "data_dir": str(data_dir.resolve()),
         "counts": {"members": len(ds.members), "posts": len(ds.posts)},
         "embedding_dim": encoder.dim,
-        "ranker": {"config": cfg.model_dump(), "epochs": opts.ranker_epochs, "losses": losses},
+        "ranker": ranker.info,
         "seed": opts.seed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "built_at": int(time.time()),

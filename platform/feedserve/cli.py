@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -319,16 +319,36 @@ def train_ranker_cmd(
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     negatives: Annotated[int, typer.Option(min=1, help="uniform negatives per position")] = 128,
     candidate_weight: Annotated[
-        float, typer.Option(min=0.0, help="weight of the serving-path (candidate) loss")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            min=0.0, help="weight of the serving-path (candidate) loss [0.1; 1.0 with --export]"
+        ),
+    ] = None,
     max_len: Annotated[int, typer.Option(min=1, help="history length")] = 200,
     time_budget: Annotated[
         float | None, typer.Option(help="stop training after this many seconds")
     ] = None,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    export: Annotated[
+        bool,
+        typer.Option(
+            help="demo only: train the served ranker (post content from --artifacts) and "
+            "export it as a new generative_ranker version"
+        ),
+    ] = False,
+    artifacts: Annotated[
+        Path, typer.Option(help="release whose post index gives the content (--export)")
+    ] = Path("var/artifacts"),
+    runtime_dir: Annotated[Path, typer.Option(help="holds the runtime model repository")] = Path(
+        "var/run"
+    ),
+    triton_url: Annotated[
+        str | None, typer.Option(help="a running tritonserver to switch to the new version")
+    ] = None,
 ) -> None:
     """Train the sequential ranker (HSTU-style or SASRec) and evaluate it by the reference
-    protocol: leave-one-out, full ranking over every item, history filtered."""
+    protocol: leave-one-out, full ranking over every item, history filtered. With --export
+    (demo data), train the served, content-aware ranker and export it as a Triton version."""
     from feedserve.data.sequences import DATASETS, load_sequences
     from feedserve.models.gr_eval import leave_one_out
     from feedserve.models.gr_train import GRTrainConfig, train_and_evaluate
@@ -337,13 +357,34 @@ def train_ranker_cmd(
         raise CLIError(f"--data must be one of {', '.join(DATASETS)}, got {data!r}")
     if model not in ("hstu", "sasrec"):
         raise CLIError(f"--model must be hstu or sasrec, got {model!r}")
+    run_dir = out or Path("var/ranker") / time.strftime("run-%Y%m%d-%H%M%S")
+    if export:
+        if data != "demo":
+            raise CLIError("--export needs --data demo: only the platform's own posts are served")
+        _train_served_ranker(
+            data_dir or Path("var/data"),
+            artifacts,
+            run_dir,
+            runtime_dir,
+            triton_url,
+            model=model,
+            epochs=epochs,
+            seed=seed,
+            batch_size=batch_size,
+            lr=lr,
+            negatives=negatives,
+            candidate_weight=1.0 if candidate_weight is None else candidate_weight,
+            max_len=max_len,
+            device=device,
+        )
+        return
     try:
         cfg = GRTrainConfig(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             num_negatives=negatives,
-            candidate_loss_weight=candidate_weight,
+            candidate_loss_weight=0.1 if candidate_weight is None else candidate_weight,
             max_len=max_len,
             seed=seed,
             device=device,
@@ -351,7 +392,6 @@ def train_ranker_cmd(
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    run_dir = out or Path("var/ranker") / time.strftime("run-%Y%m%d-%H%M%S")
     sequences = load_sequences(data, data_dir)
     split = leave_one_out(sequences)
     if split.n_users == 0:
@@ -369,16 +409,8 @@ def train_ranker_cmd(
     except ValueError as exc:  # e.g. resuming a run dir trained with another config
         raise CLIError(str(exc)) from exc
     report = run.report
-    table = Table(title=f"{data}: leave-one-out, full ranking over {split.n_items} items")
-    names = list(next(iter(run.metrics.values())))
-    table.add_column("model")
-    for name in names:
-        table.add_column(
-            name.upper() if name == "mrr" else name.replace("hr", "HR"), justify="right"
-        )
-    for name, values in run.metrics.items():
-        table.add_row(name, *(f"{values[m]:.4f}" for m in names))
-    console.print(table)
+    title = f"{data}: leave-one-out, full ranking over {split.n_items} items"
+    console.print(_metrics_table(title, run.metrics))
     (run_dir / "metrics.json").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(
         json.dumps({"data": data, "model": model, "users": run.users, **run.metrics}, indent=2)
@@ -388,6 +420,79 @@ def train_ranker_cmd(
         f"trained {report.epochs} epochs ({report.steps} steps) in {report.seconds:.0f}s, "
         f"final loss {report.final_loss:.4f}; model and metrics in {run_dir}"
     )
+
+
+def _metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    names = list(next(iter(metrics.values())))
+    table.add_column("model")
+    for name in names:
+        table.add_column(
+            name.upper() if name == "mrr" else name.replace("hr", "HR"), justify="right"
+        )
+    for name, values in metrics.items():
+        table.add_row(name, *(f"{values[m]:.4f}" for m in names))
+    return table
+
+
+def _train_served_ranker(
+    data_dir: Path,
+    artifacts: Path,
+    run_dir: Path,
+    runtime_dir: Path,
+    triton_url: str | None,
+    **options: Any,
+) -> None:
+    """``train ranker --export``: the served ranker, trained, measured, exported."""
+    from feedserve.data.sequences import demo_sequences
+    from feedserve.models.gr_serving import (
+        ServingRankerConfig,
+        save_serving_ranker,
+        train_serving_ranker,
+    )
+    from feedserve.models.post_table import PostEmbeddingTable
+    from feedserve.release import activate, release_ranker
+    from feedserve.settings import LauncherSettings
+
+    if not (artifacts / "index").is_dir():
+        raise CLIError(f"{artifacts / 'index'} is missing: run `feedserve build` first")
+    device = options.pop("device")
+    cfg = ServingRankerConfig(
+        kind=options["model"],
+        epochs=options["epochs"],
+        seed=options["seed"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        negatives=options["negatives"],
+        candidate_loss_weight=options["candidate_weight"],
+        train_len=options["max_len"],
+    )
+    sequences = demo_sequences(data_dir, include_impressions=False)
+    console.print(f"demo (engagements): {sequences.describe()}")
+    content = PostEmbeddingTable(artifacts / "index", None)
+    try:
+        ranker, report = train_serving_ranker(sequences, content, cfg, device=device, progress=True)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    ranker.model.to("cpu")
+    quality = ranker.info.get("eval", {})
+    metrics = {k: v for k, v in quality.items() if k in ("popularity", cfg.kind)}
+    if metrics:
+        title = f"served path, {quality['users']} held-out members, full ranking over every post"
+        console.print(_metrics_table(title, metrics))
+    save_serving_ranker(run_dir / "ranker", ranker)
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"data": "demo", "model": cfg.kind, **quality}, indent=2) + "\n"
+    )
+    console.print(
+        f"trained {report.epochs} epochs ({report.steps} steps) in {report.seconds:.0f}s, "
+        f"final loss {report.final_loss:.4f}"
+    )
+    settings = LauncherSettings(runtime_dir=runtime_dir)
+    version = release_ranker(run_dir / "ranker", settings.model_repo, settings.runtime_model_repo)
+    console.print(f"exported generative_ranker version {version} to {settings.runtime_model_repo}")
+    if triton_url:
+        console.print(f"now serving: {activate(triton_url, ('generative_ranker',))}")
 
 
 @featurizer_app.command("consume")

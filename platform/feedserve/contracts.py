@@ -35,6 +35,17 @@ ENGAGEMENT_ACTIONS: frozenset[Action] = frozenset(
 )
 """Actions that count as the member engaging with a post (impressions do not)."""
 
+ACTION_STRENGTH: tuple[Action, ...] = (
+    Action.impression,
+    Action.click,
+    Action.dwell,
+    Action.like,
+    Action.comment,
+    Action.share,
+)
+"""Weakest to strongest: when several events of one member on one post are collapsed into
+one (the ranker's sequences), the strongest action is kept."""
+
 
 class PostFormat(StrEnum):
     text = "text"

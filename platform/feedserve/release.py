@@ -1,5 +1,6 @@
-"""Releasing a retrieval model: re-embed the corpus with it, export both Triton models as a
-new version, and switch a running tritonserver over.
+"""Releasing models: a retrieval model (re-embed the corpus with it, export both Triton models
+as a new version) or a generative ranker (a new ``generative_ranker`` version), and switching
+a running tritonserver over.
 
 An encoder and the index it serves must come from the same embedding space, so they are
 exported together, under one version number.
@@ -91,6 +92,13 @@ def release_retrieval(
         {"retrieval_encoder": {"encoder": encoder_dir}, "post_index": {"index": index_dir}},
     )
     return Release(version, encoder_dir, index_dir, len(corpus.posts), space)
+
+
+def release_ranker(ranker_dir: Path, source_repo: Path, runtime_repo: Path) -> int:
+    """Export a served-ranker directory (``gr_serving.save_serving_ranker``) as a new
+    ``generative_ranker`` version; returns its number."""
+    prepare_model_repo(source_repo, runtime_repo)
+    return export_versions(runtime_repo, {"generative_ranker": {"ranker": ranker_dir}})
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ class FeaturizerSettings(CommonSettings):
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton HTTP host:port")
     member_prompt_tokens: int = Field(default=256, ge=16)
     post_prompt_tokens: int = Field(default=128, ge=16)
-    ranker_history_len: int = Field(default=128, ge=1)
+    ranker_history_len: int = Field(
+        default=1024, ge=1, description="most recent ranker events sent to the ranker"
+    )
     network_candidates: int = Field(default=50, ge=0)
     popular_candidates: int = Field(default=50, ge=0)
     fresh_candidates: int = Field(default=50, ge=0)
@@ -59,6 +61,9 @@ class ModelSettings(CommonSettings):
 
     device: str = Field(default="cpu", description="torch device for model inference")
     nearline_poll_s: float = Field(default=0.2, gt=0, description="embedding-log tail period")
+    ranker_micro_batch: int = Field(
+        default=256, ge=1, description="candidate tokens per shared-prefix micro-batch"
+    )
 
 
 class LauncherSettings(CommonSettings):

@@ -191,9 +191,11 @@ class AsyncTritonClient:
         inputs = {
             "history_post_ids": history["history_post_ids"],
             "history_actions": history["history_actions"],
-            "history_time_buckets": history["history_time_buckets"],
+            "history_timestamps": history["history_timestamps"],
             "candidate_ids": candidate_ids,
         }
+        if history.get("request_time") is not None:
+            inputs["request_time"] = np.asarray([history["request_time"]], dtype=np.int64)
         out = await self._infer(GENERATIVE_RANKER, inputs, timeout_s)
         return out["scores"]
 

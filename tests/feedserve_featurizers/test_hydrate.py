@@ -40,7 +40,7 @@ from feedserve_featurizers.tensors import history_tensors
 
 UNKNOWN_MEMBER = 10**9
 UNKNOWN_POST = 10**12
-TENSOR_KEYS = ("history_post_ids", "history_actions", "history_time_buckets")
+TENSOR_KEYS = ("history_post_ids", "history_actions", "history_timestamps")
 
 
 @dataclass
@@ -200,8 +200,8 @@ def test_session_engagements_are_the_newest_history(world: World) -> None:
     assert isinstance(hp, np.ndarray) and isinstance(ha, np.ndarray) and isinstance(ht, np.ndarray)
     assert hp[-2:].tolist() == engaged
     assert ha[-2:].tolist() == [int(Action.click)] * 2
-    assert ht[-1] == 1  # same second as the session event before it
-    assert ht[-2] >= 1  # a gap to the last stored event, not "first event"
+    assert ht[-1] == ht[-2] == max(world.now, int(stored["ts"][-1]))  # both at "now"
+    assert ht[-2] >= ht[-3]
     before = hydrate_member(world.ctx, member.member_id, None, world.now)
     last_stored = before["history_post_ids"][-1]  # type: ignore[index]
     assert hp[-3] == last_stored  # shifted left by the session events
@@ -215,8 +215,10 @@ def test_session_events_never_go_back_in_time(world: World) -> None:
     member = engaged_member(world)
     session = SessionContext(engaged_post_ids=[world.ds.posts[0].post_id])
     out = hydrate_member(world.ctx, member.member_id, session, now=0)  # a skewed clock
-    ht = out["history_time_buckets"]
-    assert isinstance(ht, np.ndarray) and ht[-1] == 1  # same ts as the last stored event
+    ht = out["history_timestamps"]
+    stored = world.store.get_history(member.member_id)
+    assert isinstance(ht, np.ndarray) and ht[-1] == stored["ts"][-1]  # the last stored ts
+    assert out["request_time"] == 0
 
 
 def test_unknown_member_with_a_session(world: World) -> None:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from feedserve.contracts import Action
+from feedserve.data.io import read_dataset
+from feedserve.data.sequences import dataset_sequences
 from feedserve.store.base import HISTORY_DTYPE
 from feedserve_featurizers.tensors import (
-    TIME_BUCKETS,
+    TENSOR_NAMES,
     engagements_only,
     history_tensors,
-    time_gap_buckets,
+    ranker_events,
 )
 
-KEYS = ("history_post_ids", "history_actions", "history_time_buckets")
+KEYS = ("history_post_ids", "history_actions", "history_timestamps")
 T0 = 1_700_000_000
 
 
@@ -28,14 +32,13 @@ def history(rows: list[tuple[int, int, Action]]) -> np.ndarray:
 def test_left_padding() -> None:
     h = history([(11, T0, Action.click), (12, T0 + 5, Action.like), (13, T0 + 6, Action.share)])
     out = history_tensors(h, 5)
-    assert set(out) == set(KEYS)
+    assert set(out) == set(KEYS) == set(TENSOR_NAMES)
     for key in KEYS:
         assert out[key].dtype == np.int64
         assert out[key].shape == (5,)
     assert out["history_post_ids"].tolist() == [0, 0, 11, 12, 13]
     assert out["history_actions"].tolist() == [0, 0, 2, 3, 5]
-    # first event 0; gap 5 s → bucket 3 ([4, 8)); gap 1 s → bucket 1
-    assert out["history_time_buckets"].tolist() == [0, 0, 0, 3, 1]
+    assert out["history_timestamps"].tolist() == [0, 0, T0, T0 + 5, T0 + 6]
 
 
 def test_exact_length_has_no_padding() -> None:
@@ -49,9 +52,7 @@ def test_truncation_keeps_the_last_events() -> None:
     h = history([(100 + i, T0 + 2**i, Action.click) for i in range(10)])
     out = history_tensors(h, 4)
     assert out["history_post_ids"].tolist() == [106, 107, 108, 109]
-    # the first kept event still knows the gap to the event before it (2^6 - 2^5 = 32 s)
-    assert out["history_time_buckets"].tolist() == [6, 7, 8, 9]
-    assert out["history_time_buckets"][0] != 0
+    assert out["history_timestamps"].tolist() == [T0 + 2**i for i in range(6, 10)]
 
 
 def test_impressions_are_dropped() -> None:
@@ -69,9 +70,34 @@ def test_impressions_are_dropped() -> None:
     out = history_tensors(h, 4)
     assert out["history_post_ids"].tolist() == [0, 0, 2, 5]
     assert out["history_actions"].tolist() == [0, 0, int(Action.click), int(Action.dwell)]
-    # gaps are measured between engagements (8 s → bucket 4), not to the impressions between
-    assert out["history_time_buckets"].tolist() == [0, 0, 0, 4]
-    assert int(Action.impression) not in out["history_actions"].tolist()
+    assert out["history_timestamps"].tolist() == [0, 0, T0 + 1, T0 + 9]
+
+
+def test_one_event_per_post_first_time_strongest_action() -> None:
+    h = history(
+        [
+            (7, T0, Action.impression),
+            (7, T0 + 2, Action.click),
+            (8, T0 + 3, Action.like),
+            (7, T0 + 5, Action.share),  # 7 again: stays at its first engagement, now a share
+            (8, T0 + 6, Action.click),  # weaker than the like: the like stays
+            (9, T0 + 8, Action.dwell),
+        ]
+    )
+    events = ranker_events(h)
+    assert events["post_id"].tolist() == [7, 8, 9]
+    assert events["ts"].tolist() == [T0 + 2, T0 + 3, T0 + 8]
+    assert events["action"].tolist() == [int(Action.share), int(Action.like), int(Action.dwell)]
+    # dwell ranks between click and like
+    h2 = history([(1, T0, Action.dwell), (1, T0 + 1, Action.click)])
+    assert ranker_events(h2)["action"].tolist() == [int(Action.dwell)]
+
+
+def test_out_of_order_rows_are_sorted_by_time() -> None:
+    h = history([(2, T0 + 10, Action.click), (1, T0, Action.like), (2, T0 + 1, Action.like)])
+    events = ranker_events(h)
+    assert events["post_id"].tolist() == [1, 2]
+    assert events["ts"].tolist() == [T0, T0 + 1]
 
 
 def test_only_impressions_is_an_empty_history() -> None:
@@ -95,45 +121,29 @@ def test_length_must_be_positive(length: int) -> None:
         history_tensors(np.zeros(0, dtype=HISTORY_DTYPE), length)
 
 
-def test_time_gap_buckets_first_event_and_small_gaps() -> None:
-    assert time_gap_buckets(np.zeros(0, np.int64)).tolist() == []
-    assert time_gap_buckets(np.array([T0])).tolist() == [0]
-    ts = T0 + np.cumsum([0, 0, 1, 2, 3, 4, 7, 8, 1000])
-    # gaps:         0  1  2  3  4  7  8  1000
-    assert time_gap_buckets(ts).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 10]
-
-
-def test_equal_timestamps_are_bucket_one_not_zero() -> None:
-    out = time_gap_buckets(np.full(4, T0))
-    assert out.tolist() == [0, 1, 1, 1]  # 0 means "no previous event" only
-
-
-def test_out_of_order_timestamps_count_as_no_gap() -> None:
-    # -500 s → no gap (bucket 1); then 510 s → bucket 9 ([256, 512))
-    assert time_gap_buckets(np.array([T0, T0 - 500, T0 + 10])).tolist() == [0, 1, 9]
-
-
-def test_bucket_bounds_for_every_level() -> None:
-    gaps = np.unique(np.concatenate([2 ** np.arange(40), 2 ** np.arange(40) - 1, [3, 5, 6]]))
-    gaps = gaps[gaps >= 1]
-    for gap in gaps.tolist():
-        b = int(time_gap_buckets(np.array([0, gap]))[1])
-        if b < TIME_BUCKETS - 1:
-            assert 2 ** (b - 1) <= gap < 2**b, (gap, b)
-        else:
-            assert gap >= 2 ** (TIME_BUCKETS - 2), (gap, b)
-
-
-def test_huge_gaps_are_clipped() -> None:
-    out = time_gap_buckets(np.array([0, 2**31, 2**31 + 2**60, 2**62]))
-    assert out.tolist() == [0, TIME_BUCKETS - 1, TIME_BUCKETS - 1, TIME_BUCKETS - 1]
-    h = history([(1, 0, Action.like), (2, 2**50, Action.like)])
-    assert history_tensors(h, 2)["history_time_buckets"].max() == TIME_BUCKETS - 1
-
-
 def test_inputs_are_not_modified() -> None:
-    h = history([(i, T0 + i, Action.click) for i in range(1, 6)])
+    h = history([(i, T0 + i, Action.click) for i in range(1, 6)] + [(1, T0 + 9, Action.like)])
     before = h.copy()
     out = history_tensors(h, 3)
     out["history_post_ids"][:] = -1
     np.testing.assert_array_equal(h, before)
+
+
+def test_serving_tensors_equal_the_training_sequences(small_data: Path) -> None:
+    """What the featurizer sends for a member = that member's training sequence (the build
+    trains the ranker on ``dataset_sequences(include_impressions=False)``)."""
+    ds = read_dataset(small_data)
+    seqs = dataset_sequences(ds, include_impressions=False)
+    histories = ds.histories()
+    checked = 0
+    for row, member in enumerate(seqs.user_ids.tolist()):
+        length = 64
+        out = history_tensors(histories[member], length)
+        items = seqs.item_ids[seqs.items[row]][-length:]
+        n = len(items)
+        assert out["history_post_ids"][-n:].tolist() == items.tolist(), member
+        assert out["history_actions"][-n:].tolist() == seqs.actions[row][-length:].tolist()
+        assert out["history_timestamps"][-n:].tolist() == seqs.timestamps[row][-length:].tolist()
+        assert not out["history_post_ids"][:-n].any()
+        checked += 1
+    assert checked > 100

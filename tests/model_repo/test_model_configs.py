@@ -21,6 +21,7 @@ import torch
 from google.protobuf import json_format, text_format  # type: ignore[import-untyped]
 from tritonclient.grpc import model_config_pb2
 
+from feedserve.models.gr_serving import RankRequest
 from feedserve.models.post_table import read_snapshot
 from feedserve.models.signatures import SIGNATURES, ModelSignature
 from feedserve.prompts import special_tokens
@@ -314,8 +315,9 @@ def ranker_inputs(rng: np.random.Generator, ids: np.ndarray, length: int, k: int
     return {
         "history_post_ids": rng.choice(ids, length),
         "history_actions": rng.integers(2, 7, length),
-        "history_time_buckets": rng.integers(0, 32, length),
+        "history_timestamps": np.sort(rng.integers(1_767_225_600, 1_769_817_600, length)),
         "candidate_ids": rng.choice(ids, k, replace=False),
+        "request_time": [1_769_817_600],
     }
 
 
@@ -471,10 +473,15 @@ def test_ranker_outputs(models: dict[str, Any], snapshot: tuple[np.ndarray, np.n
     assert np.isfinite(scores).all() and np.ptp(scores) > 0
     service = models["generative_ranker"].adapter.handler.service
     want = service.score(
-        values["history_post_ids"][None],
-        values["history_actions"][None],
-        values["history_time_buckets"][None],
-        [values["candidate_ids"]],
+        [
+            RankRequest(
+                values["history_post_ids"],
+                values["history_actions"],
+                values["history_timestamps"],
+                values["candidate_ids"],
+                values["request_time"][0],
+            )
+        ]
     )[0]
     np.testing.assert_allclose(scores[0], want, rtol=1e-5, atol=1e-5)
 

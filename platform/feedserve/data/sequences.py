@@ -34,13 +34,14 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from feedserve.contracts import Action
+from feedserve.contracts import ACTION_STRENGTH, Action
 from feedserve.data.movielens import (
     LIKE_THRESHOLD,
     RATING_DTYPE,
     default_movielens_dir,
     load_movielens,
 )
+from feedserve.data.synthetic import DemoDataset
 
 __all__ = [
     "ACTION_STRENGTH",
@@ -48,6 +49,7 @@ __all__ = [
     "DatasetName",
     "SequenceData",
     "SequenceDataError",
+    "dataset_sequences",
     "default_sequence_dir",
     "demo_sequences",
     "from_events",
@@ -61,16 +63,6 @@ DatasetName = Literal["ml-100k", "ml-latest-small", "demo"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 N_ACTIONS = max(int(a) for a in Action) + 1
 """Action ids ``0..6``: ``0`` padding, ``1..6`` the :class:`Action` codes."""
-
-ACTION_STRENGTH: tuple[Action, ...] = (
-    Action.impression,
-    Action.click,
-    Action.dwell,
-    Action.like,
-    Action.comment,
-    Action.share,
-)
-"""Weakest to strongest: the action a (member, post) pair of the demo data set keeps."""
 
 
 class SequenceDataError(FileNotFoundError):
@@ -219,7 +211,11 @@ def demo_sequences(path: Path, *, include_impressions: bool = True) -> SequenceD
     path = Path(path)
     if not path.exists():
         raise SequenceDataError(f"no demo data set at {path}: run `feedserve demo-data` first")
-    ds = read_dataset(path)
+    return dataset_sequences(read_dataset(path), include_impressions=include_impressions)
+
+
+def dataset_sequences(ds: DemoDataset, *, include_impressions: bool = True) -> SequenceData:
+    """:func:`demo_sequences` of a data set already in memory."""
     rows = ds.interactions
     strength = np.zeros(N_ACTIONS, dtype=np.int64)
     for rank, kind in enumerate(ACTION_STRENGTH):

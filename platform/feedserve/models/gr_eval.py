@@ -60,9 +60,11 @@ METRIC_NAMES: tuple[str, ...] = (
 class SequenceScorer(Protocol):
     """What evaluation needs from a sequential model (``SequentialRecommender`` has it)."""
 
-    def encode(self, items: Tensor, actions: Tensor, timestamps: Tensor) -> Tensor: ...
+    def encode(
+        self, items: Tensor, actions: Tensor, timestamps: Tensor, table: Tensor | None = None
+    ) -> Tensor: ...
 
-    def item_embeddings(self, ids: Tensor) -> Tensor: ...
+    def item_embeddings(self, ids: Tensor, table: Tensor | None = None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -205,14 +207,16 @@ def model_ranks(
     batch_size: int = 256,
     max_k: int = MAX_K,
     device: str | torch.device = "cpu",
+    table: Tensor | None = None,
 ) -> np.ndarray:
     """Ranks of the targets under ``model``: the encoding at the last history position
-    (the queries are left-padded, so position ``-1``) · every item embedding.
+    (the queries are left-padded, so position ``-1``) · every item embedding (rows of
+    ``table`` for a content-aware model, see ``SequentialRecommender.item_vectors``).
 
     The caller puts the model in eval mode (``model.eval()``) and on ``device``.
     """
     items, actions, ts = history_arrays(split, max_len)
-    all_items = model.item_embeddings(torch.arange(split.n_items + 1, device=device))
+    all_items = model.item_embeddings(torch.arange(split.n_items + 1, device=device), table)
     out: list[np.ndarray] = []
     for lo in range(0, split.n_users, batch_size):
         hi = lo + batch_size
@@ -220,6 +224,7 @@ def model_ranks(
             torch.from_numpy(items[lo:hi]).to(device),
             torch.from_numpy(actions[lo:hi]).to(device),
             torch.from_numpy(ts[lo:hi]).to(device),
+            table,
         )[:, -1, :]
         scores = (user @ all_items.T).float().cpu().numpy()
         out.append(ranks_from_scores(scores, split.targets[lo:hi], items[lo:hi], max_k))

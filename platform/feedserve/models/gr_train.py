@@ -202,14 +202,30 @@ def train_seqrec(
     *,
     resume: bool = True,
     progress: bool = False,
+    item_content: np.ndarray | None = None,
 ) -> GRTrainReport:
     """Train ``model`` in place on the training part of ``split`` (see the module docstring).
 
     With ``out_dir``, checkpoints go there; with ``resume`` a run found there continues from
-    its last checkpoint (a finished run with as many epochs does nothing more).
+    its last checkpoint (a finished run with as many epochs does nothing more). A model with
+    a content path (``content_dim``) needs ``item_content`` ``[n_items + 1, content_dim]``
+    (row ``i``: item ``i``'s content, row 0 ignored); every step then scores against the item
+    table ``training_table`` builds from it, with ``id_dropout`` of the ids dropped.
     """
     device = torch.device(cfg.device)
     model.to(device)
+    content: torch.Tensor | None = None
+    if model.content_proj is not None:
+        if item_content is None:
+            raise ValueError("this model reads item content: pass item_content")
+        content = torch.as_tensor(np.asarray(item_content, dtype=np.float32)).to(device)
+        if content.shape != (split.n_items + 1, model.cfg.content_dim):
+            raise ValueError(
+                f"item_content must be [{split.n_items + 1}, {model.cfg.content_dim}], "
+                f"got {list(content.shape)}"
+            )
+    elif item_content is not None:
+        raise ValueError("item_content given but the model has no content path")
     items_np, actions_np, ts_np = training_arrays(split, cfg.max_len)
     items = torch.from_numpy(items_np)
     actions = torch.from_numpy(actions_np)
@@ -254,13 +270,14 @@ def train_seqrec(
             negatives = torch.randint(
                 1, n_items + 1, (len(idx), b_items.shape[1], cfg.num_negatives), generator=gen
             ).to(device)
-            loss = model.next_item_loss(b_items, b_actions, b_ts, negatives)
+            table = None if content is None else model.training_table(content, gen)
+            loss = model.next_item_loss(b_items, b_actions, b_ts, negatives, table)
             if cfg.candidate_loss_weight > 0:
                 cand_neg = torch.randint(
                     1, n_items + 1, (len(idx), cfg.candidate_negatives), generator=gen
                 ).to(device)
                 loss = loss + cfg.candidate_loss_weight * model.candidate_loss(
-                    b_items, b_actions, b_ts, cand_neg
+                    b_items, b_actions, b_ts, cand_neg, table
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,7 +26,17 @@ time. ``score_candidates`` encodes the history once, keeps every block's keys an
 then runs K candidate tokens through the blocks in micro-batches: each attends to the whole
 history and to itself, never to another candidate. ``score_candidates_naive`` is the reference
 semantics: one full forward pass over ``history + [candidate]`` per candidate.
-``candidate_loss`` trains exactly that serving path.
+``candidate_loss`` trains exactly that serving path. ``score_candidates_batch`` does the same
+for a batch of members at once (histories left-padded to one width, candidate lists padded with
+0), which is what the Triton model runs on a dynamic batch.
+
+Item tables (content-aware items): every method takes an optional ``table`` ``[U + 1, dim]``
+of raw item vectors; ``items`` and ``candidates`` then index its rows (row 0 = padding, all
+zeros) instead of the learned id table. With ``content_dim`` set, :meth:`item_vectors` builds
+such rows as ``id_embedding(vocab_id) + W · content`` — an item unknown at training time
+(``vocab_id`` 0, a zero id embedding) is represented by its content alone, so a post
+published after training is still scored. Training replaces a fraction ``id_dropout`` of the
+ids by 0 so that the content path learns to stand on its own.
 
 HSTU block (per the paper): ``U, V, Q, K = split(SiLU(W · LayerNorm(x)))``;
 ``A = SiLU(Q Kᵀ + rab_pos + rab_time) / n`` under the causal and padding mask;
@@ -99,11 +109,26 @@ class SeqRecConfig(BaseModel):
         gt=0.0,
         description="HSTU: bucket = floor(ln(max(|gap seconds|, 1)) / time_bucket_scale)",
     )
+    content_dim: int | None = Field(
+        None,
+        ge=1,
+        description="width of item content vectors (e.g. post text embeddings); when set, "
+        "item vectors are id embedding + a linear projection of the content (item_vectors)",
+    )
+    id_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="training: fraction of item ids dropped to 0 so items are represented by "
+        "content alone (needs content_dim)",
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> SeqRecConfig:
         if self.head_dim is None and self.dim % self.heads != 0:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}; set head_dim")
+        if self.id_dropout > 0 and self.content_dim is None:
+            raise ValueError("id_dropout needs content_dim: without content a dropped id is empty")
         return self
 
     @property
@@ -296,15 +321,25 @@ class SequentialRecommender(nn.Module):
         if cfg.kind == "sasrec":  # absolute positions, 0 = the newest token
             self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.dim)
             nn.init.normal_(self.pos_emb.weight, 0.0, std)
+        self.content_proj: nn.Linear | None = None
+        if cfg.content_dim is not None:
+            self.content_proj = nn.Linear(cfg.content_dim, cfg.dim, bias=False)
+            nn.init.normal_(self.content_proj.weight, 0.0, cfg.content_dim**-0.5)
         self.emb_drop = nn.Dropout(cfg.dropout)
         block = _HSTUBlock if cfg.kind == "hstu" else _SASRecBlock
         self.layers = nn.ModuleList([block(cfg) for _ in range(cfg.blocks)])
 
     # ------------------------------------------------------------------ building blocks
 
-    def _tokens(self, items: Tensor, actions: Tensor, positions: Tensor | None) -> Tensor:
+    def _embed(self, items: Tensor, table: Tensor | None) -> Tensor:
+        """Raw item vectors: rows of ``table`` when given, else of the id embedding."""
+        return self.item_emb(items) if table is None else F.embedding(items, table)
+
+    def _tokens(
+        self, items: Tensor, actions: Tensor, positions: Tensor | None, table: Tensor | None
+    ) -> Tensor:
         """Token embeddings ``[..., D]``; ``positions`` (SASRec only) count from the right."""
-        x = self.item_emb(items) + self.action_emb(actions)
+        x = self._embed(items, table) + self.action_emb(actions)
         if self.pos_emb is not None:
             assert positions is not None
             x = x + self.pos_emb(positions.clamp(max=self.cfg.max_len))
@@ -324,6 +359,7 @@ class SequentialRecommender(nn.Module):
         valid: Tensor,
         pos_offset: int = 0,
         prefix_only: bool = False,
+        table: Tensor | None = None,
     ) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
         """Causal pass over [B, T] tokens. ``valid`` marks real tokens (padding keys are never
         attended to; a padded query sees only itself, which keeps softmax finite).
@@ -335,7 +371,7 @@ class SequentialRecommender(nn.Module):
         dev = items.device
         ar = torch.arange(t, device=dev)
         positions = (t - 1 + pos_offset - ar).unsqueeze(0).expand(b, t)
-        x = self._tokens(items, actions, positions)
+        x = self._tokens(items, actions, positions, table)
         causal = ar.unsqueeze(1) >= ar.unsqueeze(0)  # [T, T] query i sees key j <= i
         allowed = causal & (valid.unsqueeze(1) | torch.eye(t, dtype=torch.bool, device=dev))
         keys: list[Tensor] = []
@@ -357,18 +393,26 @@ class SequentialRecommender(nn.Module):
             values.append(v)
         return (None if prefix_only else x), keys, values
 
-    def _prefix(self, items: Tensor, actions: Tensor, timestamps: Tensor) -> _Prefix:
+    def _prefix(
+        self, items: Tensor, actions: Tensor, timestamps: Tensor, table: Tensor | None = None
+    ) -> _Prefix:
         """Encode [B, L] histories once for candidate scoring (an empty history gets one
         padding column, which is masked anyway)."""
         if items.shape[1] == 0:
             items, actions, timestamps = (F.pad(z, (1, 0)) for z in (items, actions, timestamps))
         valid = items != 0
         _, keys, values = self._trunk(
-            items, actions, timestamps, valid, pos_offset=1, prefix_only=True
+            items, actions, timestamps, valid, pos_offset=1, prefix_only=True, table=table
         )
         return _Prefix(keys, values, valid, timestamps, items.shape[1])
 
-    def _candidates(self, prefix: _Prefix, candidates: Tensor, request_time: Tensor) -> Tensor:
+    def _candidates(
+        self,
+        prefix: _Prefix,
+        candidates: Tensor,
+        request_time: Tensor,
+        table: Tensor | None = None,
+    ) -> Tensor:
         """Final L2-normalised outputs [B, C, D] of candidate tokens [B, C] placed right after
         each row's history (position L), at ``request_time`` [B]."""
         b = candidates.shape[0]
@@ -376,7 +420,7 @@ class SequentialRecommender(nn.Module):
         length = prefix.length
         cand_actions = torch.full_like(candidates, self.cfg.candidate_action)
         positions = torch.zeros_like(candidates)
-        x = self._tokens(candidates, cand_actions, positions)
+        x = self._tokens(candidates, cand_actions, positions, table)
         if self.cfg.kind == "hstu":
             hist_weight = prefix.valid.to(x.dtype) / float(self.cfg.max_len)
             hist_dist = (length - torch.arange(length, device=dev)).clamp(max=self.cfg.max_len)
@@ -394,35 +438,68 @@ class SequentialRecommender(nn.Module):
 
     # ------------------------------------------------------------------ public interface
 
-    def encode(self, items: Tensor, actions: Tensor, timestamps: Tensor) -> Tensor:
+    def encode(
+        self, items: Tensor, actions: Tensor, timestamps: Tensor, table: Tensor | None = None
+    ) -> Tensor:
         """``items``/``actions``/``timestamps``: [B, L] int64, left-padded (item 0 = padding;
         unix seconds). Returns [B, L, dim] L2-normalised user embeddings (zero at padding);
         position j depends only on events <= j, and left padding does not change the
         embeddings of real positions."""
         valid = items != 0
-        x, _, _ = self._trunk(items, actions, timestamps, valid)
+        x, _, _ = self._trunk(items, actions, timestamps, valid, table=table)
         assert x is not None
         return F.normalize(x, dim=-1) * valid.unsqueeze(-1).to(x.dtype)
 
-    def forward(self, items: Tensor, actions: Tensor, timestamps: Tensor) -> Tensor:
+    def forward(
+        self, items: Tensor, actions: Tensor, timestamps: Tensor, table: Tensor | None = None
+    ) -> Tensor:
         """Same as :meth:`encode`."""
-        return self.encode(items, actions, timestamps)
+        return self.encode(items, actions, timestamps, table)
 
-    def item_embeddings(self, ids: Tensor) -> Tensor:
-        """Item ids ``[...]`` -> L2-normalised item embeddings ``[..., dim]``."""
-        return F.normalize(self.item_emb(ids), dim=-1)
+    def item_embeddings(self, ids: Tensor, table: Tensor | None = None) -> Tensor:
+        """Item ids ``[...]`` (rows of ``table`` when given) -> L2-normalised item embeddings
+        ``[..., dim]``."""
+        return F.normalize(self._embed(ids, table), dim=-1)
 
-    def _sampled_softmax(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+    def item_vectors(self, vocab_ids: Tensor, content: Tensor | None = None) -> Tensor:
+        """Raw item vectors ``[..., dim]`` for an item table: the id embedding of
+        ``vocab_ids`` (0 = unknown: no id part) plus, with ``content_dim``, the projection of
+        ``content`` ``[..., content_dim]`` (zeros = no content)."""
+        x = self.item_emb(vocab_ids)
+        if self.content_proj is not None:
+            if content is None:
+                raise ValueError("this model reads item content: pass content")
+            x = x + self.content_proj(content.to(x.dtype))
+        elif content is not None:
+            raise ValueError("this model has no content path (content_dim is None)")
+        return x
+
+    def training_table(self, content: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """The item table of a training step: ``item_vectors`` of ``0..n_items`` over
+        ``content`` ``[n_items + 1, content_dim]`` with a fraction ``id_dropout`` of the ids
+        dropped (row 0 stays padding)."""
+        ids = torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device)
+        if self.cfg.id_dropout > 0:
+            drop = torch.rand(len(ids), generator=generator) < self.cfg.id_dropout
+            ids = ids.masked_fill(drop.to(ids.device), 0)
+        if content is not None:
+            content = content.clone()
+            content[0] = 0.0
+        return self.item_vectors(ids, content)
+
+    def _sampled_softmax(
+        self, users: Tensor, positives: Tensor, negatives: Tensor, table: Tensor | None
+    ) -> Tensor:
         """Mean cross-entropy of [M, D] users over [positive, negatives] ([M], [M, N]);
         negatives equal to the positive are masked out."""
         cands = torch.cat([positives.unsqueeze(1), negatives], dim=1)  # [M, 1+N]
         if self.cfg.n_items + 1 <= 2 * cands.shape[1] * self.cfg.dim:
             # same logits, computed against the whole (small) item table and then gathered:
             # far cheaper than gathering [M, 1+N, D] embeddings (and their backward) on CPU
-            table = self.item_embeddings(torch.arange(self.cfg.n_items + 1, device=users.device))
-            logits = (users @ table.T).gather(1, cands)
+            every = torch.arange(self.cfg.n_items + 1, device=users.device)
+            logits = (users @ self.item_embeddings(every, table).T).gather(1, cands)
         else:
-            logits = torch.einsum("md,mnd->mn", users, self.item_embeddings(cands))
+            logits = torch.einsum("md,mnd->mn", users, self.item_embeddings(cands, table))
         logits = logits / self.cfg.temperature
         clash = torch.cat(
             [
@@ -436,23 +513,33 @@ class SequentialRecommender(nn.Module):
         return F.cross_entropy(logits, target)
 
     def next_item_loss(
-        self, items: Tensor, actions: Tensor, timestamps: Tensor, negatives: Tensor
+        self,
+        items: Tensor,
+        actions: Tensor,
+        timestamps: Tensor,
+        negatives: Tensor,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Sampled-softmax next-item loss. ``negatives`` [B, L, N] item ids (sampled by the
         caller, uniformly over 1..n_items). At every position j < L-1 where ``items[:, j]`` and
         ``items[:, j+1]`` are both real, the positive is ``items[:, j+1]`` and the logits are
         cosine(user_j, item) / temperature over [positive, negatives] (a negative equal to the
         positive is masked out). Mean cross-entropy over those positions (0 if none)."""
-        users = self.encode(items, actions, timestamps)
+        users = self.encode(items, actions, timestamps, table)
         mask = (items[:, :-1] != 0) & (items[:, 1:] != 0)
         if not bool(mask.any()):
             return users.sum() * 0.0
         return self._sampled_softmax(
-            users[:, :-1][mask], items[:, 1:][mask], negatives[:, :-1][mask]
+            users[:, :-1][mask], items[:, 1:][mask], negatives[:, :-1][mask], table
         )
 
     def candidate_loss(
-        self, items: Tensor, actions: Tensor, timestamps: Tensor, negatives: Tensor
+        self,
+        items: Tensor,
+        actions: Tensor,
+        timestamps: Tensor,
+        negatives: Tensor,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Sampled-softmax loss of the serving path. For each row of the left-padded [B, L]
         batch the last real item (column L-1) is the positive candidate, scored at its own
@@ -465,11 +552,11 @@ class SequentialRecommender(nn.Module):
         items, actions, timestamps, negatives = (
             z[rows] for z in (items, actions, timestamps, negatives)
         )
-        prefix = self._prefix(items[:, :-1], actions[:, :-1], timestamps[:, :-1])
+        prefix = self._prefix(items[:, :-1], actions[:, :-1], timestamps[:, :-1], table)
         positives = items[:, -1]
         cands = torch.cat([positives.unsqueeze(1), negatives], dim=1)
-        out = self._candidates(prefix, cands, timestamps[:, -1])  # [B, 1+N, D]
-        logits = (out * self.item_embeddings(cands)).sum(-1) / self.cfg.temperature
+        out = self._candidates(prefix, cands, timestamps[:, -1], table)  # [B, 1+N, D]
+        logits = (out * self.item_embeddings(cands, table)).sum(-1) / self.cfg.temperature
         clash = cands == positives[:, None]
         clash[:, 0] = False
         logits = logits.masked_fill(clash, float("-inf"))
@@ -488,28 +575,52 @@ class SequentialRecommender(nn.Module):
         candidates: Tensor,
         request_time: int | Tensor,
         micro_batch: int = 256,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Shared-prefix scoring of one member's history (``[L]`` or ``[1, L]``, left-padded)
         against ``candidates`` [K] item ids at ``request_time`` (unix seconds) -> [K] cosine
         scores (logits are these / temperature). The history is encoded once, keeping every
         block's keys and values; the candidate tokens then run through the blocks in
         micro-batches of ``micro_batch``, each attending to the history and to itself only."""
-        if micro_batch < 1:
-            raise ValueError("micro_batch must be >= 1")
         items, actions, timestamps = (_as_batch(z) for z in (items, actions, timestamps))
         if items.shape[0] != 1:
             raise ValueError("score_candidates takes one member's history")
-        candidates = candidates.reshape(-1)
         rt = self._request_time(request_time, items)
-        prefix = self._prefix(items, actions, timestamps)
+        cands = candidates.reshape(1, -1)
+        return self.score_candidates_batch(
+            items, actions, timestamps, cands, rt, micro_batch, table
+        ).squeeze(0)
+
+    def score_candidates_batch(
+        self,
+        items: Tensor,
+        actions: Tensor,
+        timestamps: Tensor,
+        candidates: Tensor,
+        request_time: Tensor,
+        micro_batch: int = 256,
+        table: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`score_candidates` for B members at once: histories ``[B, L]`` (left-padded
+        to one width), ``candidates`` ``[B, K]`` (pad short lists with 0; their scores are
+        meaningless), ``request_time`` ``[B]`` -> ``[B, K]`` scores. Each row's scores equal
+        that member scored alone: padding is masked and positions count from the right."""
+        if micro_batch < 1:
+            raise ValueError("micro_batch must be >= 1")
+        if candidates.dim() != 2 or candidates.shape[0] != items.shape[0]:
+            raise ValueError("candidates must be [B, K] with one row per history")
+        rt = request_time.reshape(-1).to(device=items.device, dtype=torch.int64)
+        if rt.shape[0] != items.shape[0]:
+            raise ValueError("request_time must hold one value per history")
+        prefix = self._prefix(items, actions, timestamps, table)
         scores: list[Tensor] = []
-        for start in range(0, len(candidates), micro_batch):
-            chunk = candidates[start : start + micro_batch].unsqueeze(0)  # [1, C]
-            out = self._candidates(prefix, chunk, rt)
-            scores.append((out * self.item_embeddings(chunk)).sum(-1).squeeze(0))
+        for start in range(0, candidates.shape[1], micro_batch):
+            chunk = candidates[:, start : start + micro_batch]  # [B, C]
+            out = self._candidates(prefix, chunk, rt, table)
+            scores.append((out * self.item_embeddings(chunk, table)).sum(-1))
         if not scores:
-            return torch.zeros(0, device=items.device)
-        return torch.cat(scores)
+            return torch.zeros(candidates.shape, device=items.device)
+        return torch.cat(scores, dim=1)
 
     def score_candidates_naive(
         self,
@@ -519,6 +630,7 @@ class SequentialRecommender(nn.Module):
         candidates: Tensor,
         request_time: int | Tensor,
         batch_size: int = 1,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Reference semantics of :meth:`score_candidates`: for each candidate, a full forward
         pass over ``history + [candidate token]``; the score is the cosine of the candidate
@@ -541,10 +653,10 @@ class SequentialRecommender(nn.Module):
                 [items.expand(k, -1) != 0, torch.ones_like(chunk, dtype=torch.bool)[:, None]],
                 dim=1,
             )
-            x, _, _ = self._trunk(seq_items, seq_actions, seq_ts, valid)
+            x, _, _ = self._trunk(seq_items, seq_actions, seq_ts, valid, table=table)
             assert x is not None
             out = F.normalize(x[:, -1], dim=-1)
-            scores.append((out * self.item_embeddings(chunk)).sum(-1))
+            scores.append((out * self.item_embeddings(chunk, table)).sum(-1))
         if not scores:
             return torch.zeros(0, device=items.device)
         return torch.cat(scores)

@@ -12,6 +12,7 @@ the release in ``FEEDSERVE_ARTIFACTS_DIR`` (what ``feedserve build`` wrote).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 from feedserve.models.encoder import TextEncoder
+from feedserve.models.gr_serving import GenerativeRankerService, RankRequest
 from feedserve.models.post_table import PostEmbeddingTable
-from feedserve.models.ranker import RankerService
 from feedserve.settings import ModelSettings
 from feedserve.store import open_embedding_log
 
@@ -169,9 +170,9 @@ class IndexHandler:
 
 
 class RankerHandler:
-    """``generative_ranker``: one history encoding per member, then all its candidates."""
+    """``generative_ranker``: a dynamic batch of members scored in one shared-prefix pass."""
 
-    def __init__(self, service: RankerService) -> None:
+    def __init__(self, service: GenerativeRankerService) -> None:
         self.service = service
 
     @classmethod
@@ -186,39 +187,43 @@ class RankerHandler:
             Path(settings.artifacts_dir) / "index", log, settings.nearline_poll_s
         )
         ranker_dir = artifact_dir(settings, version_dir, "ranker")
-        return cls(RankerService(ranker_dir, table, settings.device))
+        service = GenerativeRankerService(
+            ranker_dir, table, settings.device, settings.ranker_micro_batch
+        )
+        return cls(service)
+
+    def _parse(self, req: Request, now: int) -> RankRequest | str:
+        names = ("history_post_ids", "history_actions", "history_timestamps")
+        post_ids, actions, timestamps = (
+            np.asarray(req[n], dtype=np.int64).reshape(-1) for n in names
+        )
+        if not post_ids.shape == actions.shape == timestamps.shape:
+            return f"{', '.join(names)} differ in length"
+        top = self.service.n_actions - 1
+        if actions.size and (actions.min() < 0 or actions.max() > top):
+            return f"history_actions must be action codes in [0, {top}]"
+        if post_ids.size and post_ids.min() < 0:
+            return "history_post_ids must be >= 0"
+        candidates = np.asarray(req["candidate_ids"], dtype=np.int64).reshape(-1)
+        if candidates.size and candidates.min() <= 0:
+            return "candidate_ids must be positive post ids"
+        rt = req.get("request_time")
+        request_time = now if rt is None else int(np.asarray(rt).reshape(-1)[0])
+        return RankRequest(post_ids, actions, timestamps, candidates, request_time)
 
     def handle(self, batch: Sequence[Request]) -> list[Result]:
         results: list[Result] = ["" for _ in batch]
-        names = ("history_post_ids", "history_actions", "history_time_buckets")
+        now = int(time.time())
         rows: list[int] = []
-        hist: list[list[np.ndarray]] = []
-        cands: list[np.ndarray] = []
+        parsed: list[RankRequest] = []
         for i, req in enumerate(batch):
-            arrays = [np.asarray(req[n], dtype=np.int64).reshape(-1) for n in names]
-            if len({a.shape[0] for a in arrays}) != 1:
-                results[i] = (
-                    "history_post_ids, history_actions and history_time_buckets differ in length"
-                )
+            item = self._parse(req, now)
+            if isinstance(item, str):
+                results[i] = item
                 continue
-            if (arrays[1] < 0).any() or (arrays[1] > 6).any():
-                results[i] = "history_actions must be action codes in [0, 6]"
-                continue
-            hist.append(arrays)
-            cands.append(np.asarray(req["candidate_ids"], dtype=np.int64).reshape(-1))
             rows.append(i)
-        if not rows:
-            return results
-        width = max(h[0].shape[0] for h in hist) or 1
-        stacked = []
-        for col in range(3):  # left-pad to the longest history in the batch
-            arr = np.zeros((len(hist), width), dtype=np.int64)
-            for j, h in enumerate(hist):
-                if h[col].shape[0]:
-                    arr[j, -h[col].shape[0] :] = h[col]
-            stacked.append(arr)
-        scores = self.service.score(stacked[0], stacked[1], stacked[2], cands)
-        for row, s in zip(rows, scores, strict=True):
+            parsed.append(item)
+        for row, s in zip(rows, self.service.score(parsed), strict=True):
             results[row] = {"scores": s}
         return results
 

@@ -91,8 +91,10 @@ GENERATIVE_RANKER = ModelSignature(
     inputs=(
         TensorSpec("history_post_ids", "INT64", (-1,), ragged=True),
         TensorSpec("history_actions", "INT64", (-1,), ragged=True),
-        TensorSpec("history_time_buckets", "INT64", (-1,), ragged=True),
+        TensorSpec("history_timestamps", "INT64", (-1,), ragged=True),
         TensorSpec("candidate_ids", "INT64", (-1,), ragged=True),
+        # unix seconds the candidates are scored at (default: the server's clock)
+        TensorSpec("request_time", "INT64", (1,), optional=True),
     ),
     outputs=(TensorSpec("scores", "FP32", (-1,)),),
     max_batch_size=32,

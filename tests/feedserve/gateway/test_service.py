@@ -56,7 +56,8 @@ class FakeFeaturizer:
             "fresh_ids": np.array([50, 51], dtype=np.int64),
             "history_post_ids": hist,
             "history_actions": hist,
-            "history_time_buckets": hist,
+            "history_timestamps": hist,
+            "request_time": now,
         }
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]:

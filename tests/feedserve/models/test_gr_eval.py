@@ -102,7 +102,9 @@ class Lookup:
     def __init__(self, n_items: int, successor: dict[int, int]) -> None:
         self.n, self.successor = n_items, successor
 
-    def encode(self, items: Tensor, actions: Tensor, timestamps: Tensor) -> Tensor:
+    def encode(
+        self, items: Tensor, actions: Tensor, timestamps: Tensor, table: Tensor | None = None
+    ) -> Tensor:
         out = torch.zeros(*items.shape, self.n + 1)
         for b in range(items.shape[0]):
             for pos in range(items.shape[1]):
@@ -110,7 +112,7 @@ class Lookup:
                 out[b, pos, nxt] = 1.0
         return out
 
-    def item_embeddings(self, ids: Tensor) -> Tensor:
+    def item_embeddings(self, ids: Tensor, table: Tensor | None = None) -> Tensor:
         return torch.nn.functional.one_hot(ids, self.n + 1).float()
 
 

@@ -166,6 +166,72 @@ def test_shared_prefix_scoring_equals_naive(kind: str, k: int, micro_batch: int)
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_batched_scoring_equals_members_alone(kind: str) -> None:
+    """``score_candidates_batch``: ragged histories (left-padded to one width) and padded
+    candidate lists give each member the scores it gets alone."""
+    model = make_model(kind, max_len=24)
+    items, actions, ts = make_batch(3, 12, seed=4, pad=[0, 7, 12])  # row 2: empty history
+    g = torch.Generator().manual_seed(5)
+    cands = torch.randint(1, N_ITEMS + 1, (3, 9), generator=g)
+    cands[1, 4:] = 0  # a shorter candidate list
+    rt = ts[:, -1] + torch.tensor([10, 3600, 86_400])
+    rt[2] = T0
+    with torch.inference_mode():
+        together = model.score_candidates_batch(items, actions, ts, cands, rt, micro_batch=4)
+        for i, k in enumerate((9, 4, 9)):
+            keep = items[i] != 0
+            alone = model.score_candidates(
+                items[i][keep], actions[i][keep], ts[i][keep], cands[i, :k], int(rt[i])
+            )
+            assert (together[i, :k] - alone).abs().max() < 1e-5, i
+    assert together.shape == (3, 9)
+    with pytest.raises(ValueError, match="one row per history"):
+        model.score_candidates_batch(items, actions, ts, cands[:2], rt)
+    with pytest.raises(ValueError, match="one value per history"):
+        model.score_candidates_batch(items, actions, ts, cands, rt[:1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_content_item_table(kind: str) -> None:
+    """With ``content_dim``, item vectors are id embedding + projected content; an item table
+    of such rows drives every path (encode, shared-prefix and naive scoring, losses)."""
+    model = make_model(kind, content_dim=5, id_dropout=0.5)
+    g = torch.Generator().manual_seed(6)
+    content = torch.randn(N_ITEMS + 1, 5, generator=g)
+    with torch.inference_mode():
+        full = model.item_vectors(torch.arange(N_ITEMS + 1), content)
+        no_id = model.item_vectors(torch.zeros(3, dtype=torch.int64), content[1:4])
+        assert model.content_proj is not None
+        assert torch.allclose(no_id, model.content_proj(content[1:4]))  # content alone
+        assert torch.allclose(full[1:4], no_id + model.item_emb.weight[1:4])
+    table = torch.cat([torch.zeros(1, 16), full[1:]])
+    items, actions, ts = make_batch(1, 10, seed=7, pad=[3])
+    cands = torch.tensor([4, 9, 30])
+    with torch.inference_mode():
+        shared = model.score_candidates(items, actions, ts, cands, T0 + 10**9, table=table)
+        naive = model.score_candidates_naive(items, actions, ts, cands, T0 + 10**9, table=table)
+        plain = model.score_candidates(items, actions, ts, cands, T0 + 10**9)
+    assert (shared - naive).abs().max() < 1e-4
+    assert not torch.allclose(shared, plain)  # the table is what is scored
+    # a training table drops ids (row 0 stays padding), and the losses take it
+    model.train()
+    drop = model.training_table(content, torch.Generator().manual_seed(0))
+    assert torch.equal(drop[0], torch.zeros(16))
+    dropped = (drop - full).abs().sum(-1) > 1e-6
+    assert 0.2 < dropped[1:].float().mean() < 0.8
+    negatives = torch.randint(1, N_ITEMS + 1, (1, 10, 4), generator=g)
+    loss = model.next_item_loss(items, actions, ts, negatives, drop)
+    loss = loss + model.candidate_loss(items, actions, ts, negatives[:, 0], drop)
+    loss.backward()
+    assert model.content_proj.weight.grad is not None
+    assert model.content_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pass content"):
+        model.item_vectors(torch.arange(3))
+    with pytest.raises(ValueError, match="no content path"):
+        make_model(kind).item_vectors(torch.arange(3), content[:3])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_scoring_with_an_empty_history(kind: str) -> None:
     model = make_model(kind)
     cands = torch.tensor([1, 5, 9])
@@ -234,6 +300,8 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
         {"temperature": 0.0},
         {"n_items": 0},
         {"unknown_field": 1},
+        {"id_dropout": 0.2},  # needs content_dim
+        {"content_dim": 0},
     ],
 )
 def test_config_validation(bad: dict[str, object]) -> None:
