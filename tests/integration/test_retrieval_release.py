@@ -1,5 +1,6 @@
 """Train → export a new retrieval version → switch a running tritonserver → nearline still
-consistent; and a restarted index replica catches up from the shared log."""
+consistent; a restarted index replica catches up from the shared log; the generative ranker
+batches concurrent members dynamically and is released as a new version the same way."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from feedserve.data.io import read_dataset
 from feedserve.launcher import Stack
 from feedserve.models.encoder import load_encoder_config
 from feedserve.models.retrieval import RetrievalTrainConfig
-from feedserve.release import activate, load_corpus, release_retrieval, train_demo_retrieval
+from feedserve.release import (
+    activate,
+    load_corpus,
+    release_ranker,
+    release_retrieval,
+    train_demo_retrieval,
+)
 from feedserve.triton_client import AsyncTritonClient
+from feedserve_featurizers.tensors import history_tensors
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +123,57 @@ def test_restarted_index_replica_catches_up(client: httpx.Client, redis_stack: S
     assert found == {ids[0]: True, ids[1]: False, ids[2]: True}
     top = top_ids(redis_stack, texts[0], k=50)
     assert len(top) == len(set(top))  # replay adds no duplicates
+
+
+def ranker_stats(stack: Stack) -> tuple[int, int]:
+    """(inferences, executions) of every loaded generative_ranker version so far."""
+    url = f"http://{stack.triton_url}/v2/models/generative_ranker/stats"
+    stats = httpx.get(url, timeout=10).json()["model_stats"]
+    return sum(s["inference_count"] for s in stats), sum(s["execution_count"] for s in stats)
+
+
+def test_ranker_batches_members_and_releases_a_new_version(
+    client: httpx.Client, redis_stack: Stack, built: Any
+) -> None:
+    """Concurrent members share Triton executions (dynamic batching into one shared-prefix
+    pass) and get the scores they get alone; an exported version is then served."""
+    ds = read_dataset(built.data_dir)
+    histories = ds.histories()
+    rng = np.random.default_rng(0)
+    post_ids = np.array([p.post_id for p in ds.posts], dtype=np.int64)
+    members = [m.member_id for m in ds.members[:24]]
+    requests = []
+    for i, member in enumerate(members):
+        tensors: dict[str, Any] = history_tensors(histories[member], 1024)
+        tensors["request_time"] = 1_767_225_600 + 40 * 86_400
+        requests.append((tensors, rng.choice(post_ids, 20 + 7 * i, replace=False)))
+
+    async def burst(c: AsyncTritonClient) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(c.rank(h, cands) for h, cands in requests)))
+
+    async def one_by_one(c: AsyncTritonClient) -> list[np.ndarray]:
+        return [await c.rank(h, cands) for h, cands in requests]
+
+    inferences, executions = ranker_stats(redis_stack)
+    together: list[np.ndarray] = triton_call(redis_stack, burst)
+    inferences2, executions2 = ranker_stats(redis_stack)
+    alone: list[np.ndarray] = triton_call(redis_stack, one_by_one)
+    assert inferences2 - inferences == len(requests)
+    print(f"{len(requests)} concurrent members → {executions2 - executions} executions")
+    assert executions2 - executions < len(requests), "dynamic batching grouped members"
+    for (_, cands), a, b in zip(requests, together, alone, strict=True):
+        assert a.shape == cands.shape and np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    settings = redis_stack.settings
+    version = release_ranker(
+        built.artifacts_dir / "ranker", settings.model_repo, settings.runtime_model_repo
+    )
+    assert activate(redis_stack.triton_url, ("generative_ranker",)) == {
+        "generative_ranker": str(version)
+    }
+    again: list[np.ndarray] = triton_call(redis_stack, one_by_one)  # same weights, new version
+    for a, b in zip(again, alone, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    feed = client.post("/v1/feed", json={"member_id": members[0], "count": 10}).json()
+    assert len(feed["items"]) == 10 and feed["degraded"] is False
