@@ -7,36 +7,20 @@ ops/results/gr_quality.json.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "ops" / "bench"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+if TYPE_CHECKING:
+    from tests.ops.conftest import Bench
+
 DATASETS = ("ml-100k", "ml-latest-small")
 MODELS = ("popularity", "sasrec", "hstu")
 METRICS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 
 
-def run_quick(out: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "gr_quality.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        check=False,
-    )
-    assert proc.returncode == 0, f"gr_quality.py failed:\n{proc.stdout}\n{proc.stderr}"
-    data: dict[str, Any] = json.loads((out / "gr_quality.json").read_text())
-    return data
-
-
-def test_gr_quality_quick(tmp_path: Path) -> None:
-    data = run_quick(tmp_path)
+def test_gr_quality_quick(bench: Bench, tmp_path: Path) -> None:
+    bench.quick("gr_quality.py", tmp_path, timeout=600)
+    data = bench.results(tmp_path, "gr_quality")
     meta = data["_meta"]
     assert meta["quick"] is True and meta["datasets"] == list(DATASETS)
     assert meta["device"] and meta["python"].startswith("3.")
@@ -63,4 +47,4 @@ def test_gr_quality_quick(tmp_path: Path) -> None:
     md = (tmp_path / "gr_quality.md").read_text()
     assert "| popularity |" in md and "HSTU HR@10 / SASRec HR@10" in md
     png = tmp_path / "gr_quality.png"
-    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+    assert png.is_file() and png.read_bytes()[:8] == bench.PNG_MAGIC

@@ -6,35 +6,19 @@ ops/results/retrieval_quality.json.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "ops" / "bench"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+if TYPE_CHECKING:
+    from tests.ops.conftest import Bench
+
 METHODS = ("popularity", "untrained", "trained")
 METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")
 
 
-def run_quick(out: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "retrieval_quality.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        check=False,
-    )
-    assert proc.returncode == 0, f"retrieval_quality.py failed:\n{proc.stdout}\n{proc.stderr}"
-    data: dict[str, Any] = json.loads((out / "retrieval_quality.json").read_text())
-    return data
-
-
-def test_retrieval_quality_quick(tmp_path: Path) -> None:
-    data = run_quick(tmp_path)
+def test_retrieval_quality_quick(bench: Bench, tmp_path: Path) -> None:
+    bench.quick("retrieval_quality.py", tmp_path)
+    data = bench.results(tmp_path, "retrieval_quality")
     assert data["quick"] is True
     assert data["device"] and data["python"].startswith("3.")
     assert set(data["recall@100"]) == set(METHODS)
@@ -57,4 +41,4 @@ def test_retrieval_quality_quick(tmp_path: Path) -> None:
     assert set(data["targets"]) >= {"trained_ge_2x_popularity", "cold_start_gt_0"}
     assert isinstance(data["summary"], dict) and data["summary"]
     png = tmp_path / "retrieval_quality.png"
-    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+    assert png.is_file() and png.read_bytes()[:8] == bench.PNG_MAGIC

@@ -5,52 +5,19 @@ Correctness only: no timing is asserted here, speed lives in ops/results/retriev
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "ops" / "bench"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+if TYPE_CHECKING:
+    from tests.ops.conftest import Bench
+
 METHODS = {"ours", "faiss", "faiss_blas"}
 
 
-def load_bench() -> ModuleType:
-    """ops/bench/retrieval_topk.py as a module (ops/ is not a package)."""
-    name = "bench_retrieval_topk"
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(BENCH) not in sys.path:  # as when run as a script: its folder is on the path
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / "retrieval_topk.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_quick(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "retrieval_topk.py"), "--quick", "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        check=False,
-    )
-    assert proc.returncode == 0, f"retrieval_topk failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def check_results(out: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out / "retrieval_topk.json").read_text())
+def check_results(bench: Bench, out: Path) -> dict[str, Any]:
+    data = bench.results(out, "retrieval_topk")
     assert {"ratio_vs_faiss", "topk_identical", "device", "threads", "rows", "summary"} <= set(data)
     assert data["quick"] is True
     assert data["topk_identical"] is True
@@ -76,18 +43,18 @@ def check_results(out: Path) -> dict[str, Any]:
         assert r["nbytes"]["ours"] >= r["nbytes"]["faiss"]
     assert data["ratio_vs_faiss"] == max(r["ratio_vs_faiss"] for r in rows)
     png = out / "retrieval_topk.png"
-    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+    assert png.is_file() and png.read_bytes()[:8] == bench.PNG_MAGIC
     return data
 
 
-def test_retrieval_topk_quick(tmp_path: Path) -> None:
-    proc = run_quick(tmp_path)
-    check_results(tmp_path)
+def test_retrieval_topk_quick(bench: Bench, tmp_path: Path) -> None:
+    proc = bench.quick("retrieval_topk.py", tmp_path)
+    check_results(bench, tmp_path)
     assert "summary" in proc.stdout
 
 
-def test_compare_topk_detects_a_wrong_result_and_accepts_ties() -> None:
-    retrieval_topk = load_bench()
+def test_compare_topk_detects_a_wrong_result_and_accepts_ties(bench: Bench) -> None:
+    retrieval_topk = bench.load("retrieval_topk.py")
     x, q = retrieval_topk.make_data("clustered", 3000, 32, 4, seed=1)
     exact = (x.astype(np.float64) @ q.astype(np.float64).T).T
     order = np.argsort(-exact, axis=1)[:, :10]

@@ -5,15 +5,12 @@ Correctness only: no timing is asserted here, speed lives in ops/results/wire_fo
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "ops" / "bench"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+if TYPE_CHECKING:
+    from tests.ops.conftest import Bench
+
 PAYLOADS = {
     "hydrate_member_L128",
     "hydrate_member_L512",
@@ -24,21 +21,8 @@ CODEC_OVERHEAD_PER_MESSAGE = 512
 """Bytes the codec may add to the raw array buffers (map, keys, ext and array headers)."""
 
 
-def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def check_results(out: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out / "wire_format.json").read_text())
+def check_results(bench: Bench, out: Path) -> dict[str, Any]:
+    data = bench.results(out, "wire_format")
     assert {"device", "python", "quick", "rows", "summary"} <= set(data)
     assert data["quick"] is True
     assert data["device"] and data["python"].startswith("3.")
@@ -71,18 +55,24 @@ def check_results(out: Path) -> dict[str, Any]:
     assert summary["speedup_codec_vs_json"] > 0
 
     png = out / "wire_format.png"
-    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+    assert png.is_file() and png.read_bytes()[:8] == bench.PNG_MAGIC
     return data
 
 
-def test_wire_format_quick(tmp_path: Path) -> None:
-    proc = run("wire_format.py", "--quick", "--out", str(tmp_path))
-    check_results(tmp_path)
+def test_wire_format_quick(bench: Bench, tmp_path: Path) -> None:
+    proc = bench.quick("wire_format.py", tmp_path, timeout=120)
+    check_results(bench, tmp_path)
     assert "summary" in proc.stdout
 
 
-def test_run_all_discovers_and_runs_wire_format(tmp_path: Path) -> None:
-    proc = run("run_all.py", "--quick", "--out", str(tmp_path), timeout=300)
+def test_run_all_discovers_and_runs_wire_format(bench: Bench, tmp_path: Path) -> None:
+    """run_all finds every benchmark script (not itself, not ``_`` helpers) and runs the named
+    ones; each benchmark's own quick run is tested beside it, so only wire_format runs here."""
+    found = {p.name for p in bench.load("run_all.py").discover()}
+    scripts = {p.name for p in bench.DIR.glob("*.py")}
+    assert found == {n for n in scripts if n != "run_all.py" and not n.startswith("_")}
+    assert {"wire_format.py", "gr_quality.py", "gr_prefix_scoring.py"} <= found
+    proc = bench.quick("run_all.py", tmp_path, "wire_format", timeout=300)
     assert "wire_format" in proc.stdout
     assert "failed" not in proc.stdout
-    check_results(tmp_path)
+    check_results(bench, tmp_path)

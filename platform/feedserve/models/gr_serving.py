@@ -193,22 +193,18 @@ def serving_ranks(
     a candidate token scored by ``score_candidates_batch`` at the target's timestamp; history
     items are filtered, as in the protocol (:func:`~feedserve.models.gr_eval.ranks_from_scores`)."""
     items, actions, ts = history_arrays(split, max_len)
-    every = torch.arange(1, split.n_items + 1)
+    dev = model.item_emb.weight.device
+    every = torch.arange(1, split.n_items + 1, device=dev)
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for lo in range(0, split.n_users, batch_size):
             hi = min(lo + batch_size, split.n_users)
-            cands = every.expand(hi - lo, -1)
+            rows = (items[lo:hi], actions[lo:hi], ts[lo:hi], split.target_timestamps[lo:hi])
+            h_items, h_actions, h_ts, rt = (torch.from_numpy(a).to(dev) for a in rows)
             scores = model.score_candidates_batch(
-                torch.from_numpy(items[lo:hi]),
-                torch.from_numpy(actions[lo:hi]),
-                torch.from_numpy(ts[lo:hi]),
-                cands,
-                torch.from_numpy(split.target_timestamps[lo:hi]),
-                micro_batch,
-                table,
+                h_items, h_actions, h_ts, every.expand(hi - lo, -1), rt, micro_batch, table
             )
-            full = np.concatenate([np.zeros((hi - lo, 1)), scores.float().numpy()], axis=1)
+            full = np.concatenate([np.zeros((hi - lo, 1)), scores.float().cpu().numpy()], axis=1)
             out.append(ranks_from_scores(full, split.targets[lo:hi], items[lo:hi]))
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -266,7 +266,12 @@ def train_seqrec(
         total, done = 0.0, 0
         for lo in range(0, n_rows, cfg.batch_size):
             idx = order[lo : lo + cfg.batch_size]
-            b_items, b_actions, b_ts = (z[idx].to(device) for z in (items, actions, ts))
+            b_items, b_actions, b_ts = (z[idx] for z in (items, actions, ts))
+            # drop the columns that are padding in every row of the batch: both models are
+            # invariant to left padding (masked keys, positions counted from the right), so
+            # this only saves work on batches of short histories
+            first = int((b_items != 0).any(0).to(torch.int8).argmax())
+            b_items, b_actions, b_ts = (z[:, first:].to(device) for z in (b_items, b_actions, b_ts))
             negatives = torch.randint(
                 1, n_items + 1, (len(idx), b_items.shape[1], cfg.num_negatives), generator=gen
             ).to(device)
