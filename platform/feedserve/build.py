@@ -43,7 +43,7 @@ MANIFEST = "manifest.json"
 @dataclass
 class BuildOptions:
     post_prompt_tokens: int = 128
-    ranker_epochs: int = 12
+    ranker_epochs: int = 8
     ranker: ServingRankerConfig | None = None
     """Ranker settings; its ``epochs`` and ``seed`` are replaced by the options' own."""
     seed: int = 0

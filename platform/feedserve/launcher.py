@@ -166,6 +166,10 @@ def triton_env(base: Mapping[str, str]) -> dict[str, str]:
     )
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env.setdefault("OMP_NUM_THREADS", "2")
+    # each Python-backend model is its own stub process with its own OpenMP pool; the
+    # default (active) wait policy leaves a finished model's threads spinning on the cores
+    # the next model of the same request needs (measured: ranker 94 ms vs 7 ms in-process)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -102,7 +102,7 @@ class ServingRankerConfig:
     dropout: float = 0.2
     temperature: float = 0.05
     id_dropout: float = 0.3
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-3
     negatives: int = 128
