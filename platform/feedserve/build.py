@@ -45,7 +45,7 @@ class BuildOptions:
     post_prompt_tokens: int = 128
     ranker_epochs: int = 8
     ranker: ServingRankerConfig | None = None
-    """Ranker settings; its ``epochs`` and ``seed`` are replaced by the options' own."""
+    """Ranker settings; its training ``epochs`` and ``seed`` are replaced by the options'."""
     seed: int = 0
     batch_size: int = 64
     progress: bool = True
@@ -160,7 +160,8 @@ def build_artifacts(
     timings["embed_posts_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cfg = replace(opts.ranker or ServingRankerConfig(), epochs=opts.ranker_epochs, seed=opts.seed)
+    cfg = opts.ranker or ServingRankerConfig()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=opts.ranker_epochs, seed=opts.seed))
     sequences = dataset_sequences(ds, include_impressions=False)
     ranker, report = train_serving_ranker(
         sequences, PostEmbeddingTable(out_dir / "index", None), cfg, progress=opts.progress

@@ -8,7 +8,10 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Literal
+
+if TYPE_CHECKING:
+    from feedserve.models.gr_train import GRTrainConfig
 
 import typer
 from rich.console import Console
@@ -358,40 +361,29 @@ def train_ranker_cmd(
     if model not in ("hstu", "sasrec"):
         raise CLIError(f"--model must be hstu or sasrec, got {model!r}")
     run_dir = out or Path("var/ranker") / time.strftime("run-%Y%m%d-%H%M%S")
-    if export:
-        if data != "demo":
-            raise CLIError("--export needs --data demo: only the platform's own posts are served")
-        _train_served_ranker(
-            data_dir or Path("var/data"),
-            artifacts,
-            run_dir,
-            runtime_dir,
-            triton_url,
-            model=model,
-            epochs=epochs,
-            seed=seed,
-            batch_size=batch_size,
-            lr=lr,
-            negatives=negatives,
-            candidate_weight=1.0 if candidate_weight is None else candidate_weight,
-            max_len=max_len,
-            device=device,
-        )
-        return
+    if export and data != "demo":
+        raise CLIError("--export needs --data demo: only the platform's own posts are served")
+    weight = (1.0 if export else 0.1) if candidate_weight is None else candidate_weight
     try:
         cfg = GRTrainConfig(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             num_negatives=negatives,
-            candidate_loss_weight=0.1 if candidate_weight is None else candidate_weight,
+            candidate_loss_weight=weight,
             max_len=max_len,
             seed=seed,
             device=device,
             time_budget_s=time_budget,
+            checkpoint_every=0 if export else 1,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    if export:
+        kind: Literal["hstu", "sasrec"] = "hstu" if model == "hstu" else "sasrec"
+        root = data_dir or Path("var/data")
+        _train_served_ranker(root, artifacts, run_dir, runtime_dir, triton_url, kind, cfg)
+        return
     sequences = load_sequences(data, data_dir)
     split = leave_one_out(sequences)
     if split.n_users == 0:
@@ -441,7 +433,8 @@ def _train_served_ranker(
     run_dir: Path,
     runtime_dir: Path,
     triton_url: str | None,
-    **options: Any,
+    kind: Literal["hstu", "sasrec"],
+    train: GRTrainConfig,
 ) -> None:
     """``train ranker --export``: the served ranker, trained, measured, exported."""
     from feedserve.data.sequences import demo_sequences
@@ -456,22 +449,12 @@ def _train_served_ranker(
 
     if not (artifacts / "index").is_dir():
         raise CLIError(f"{artifacts / 'index'} is missing: run `feedserve build` first")
-    device = options.pop("device")
-    cfg = ServingRankerConfig(
-        kind=options["model"],
-        epochs=options["epochs"],
-        seed=options["seed"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        negatives=options["negatives"],
-        candidate_loss_weight=options["candidate_weight"],
-        train_len=options["max_len"],
-    )
+    cfg = ServingRankerConfig(kind=kind, train=train)
     sequences = demo_sequences(data_dir, include_impressions=False)
     console.print(f"demo (engagements): {sequences.describe()}")
     content = PostEmbeddingTable(artifacts / "index", None)
     try:
-        ranker, report = train_serving_ranker(sequences, content, cfg, device=device, progress=True)
+        ranker, report = train_serving_ranker(sequences, content, cfg, progress=True)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     ranker.model.to("cpu")

@@ -89,9 +89,22 @@ class ContentSource(Protocol):
     def get(self, post_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+SERVING_TRAIN = GRTrainConfig(
+    epochs=8,
+    batch_size=32,
+    lr=2e-3,
+    num_negatives=128,
+    candidate_loss_weight=1.0,  # the candidate path is what the gateway calls
+    max_len=200,
+    checkpoint_every=0,
+)
+"""Training defaults of the served ranker (``max_len``: training rows hold each member's
+most recent ``max_len + 1`` events)."""
+
+
 @dataclass(frozen=True)
 class ServingRankerConfig:
-    """The served ranker's model and training settings."""
+    """The served ranker's model settings and its training recipe."""
 
     kind: Literal["hstu", "sasrec"] = "hstu"
     dim: int = 64
@@ -102,14 +115,7 @@ class ServingRankerConfig:
     dropout: float = 0.2
     temperature: float = 0.05
     id_dropout: float = 0.3
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 2e-3
-    negatives: int = 128
-    candidate_loss_weight: float = 1.0
-    train_len: int = 200
-    """Training rows hold each member's most recent ``train_len + 1`` events."""
-    seed: int = 0
+    train: GRTrainConfig = SERVING_TRAIN
     eval_users: int = 300
     """Members whose held-out event measures the served path (0: skip)."""
 
@@ -126,19 +132,6 @@ class ServingRankerConfig:
             temperature=self.temperature,
             content_dim=content_dim,
             id_dropout=self.id_dropout,
-        )
-
-    def train_config(self, device: str = "cpu") -> GRTrainConfig:
-        return GRTrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            num_negatives=self.negatives,
-            candidate_loss_weight=self.candidate_loss_weight,
-            max_len=self.train_len,
-            seed=self.seed,
-            checkpoint_every=0,
-            device=device,
         )
 
 
@@ -214,7 +207,6 @@ def train_serving_ranker(
     content: ContentSource,
     cfg: ServingRankerConfig,
     *,
-    device: str = "cpu",
     progress: bool = False,
 ) -> tuple[ServingRanker, GRTrainReport]:
     """Train the served ranker on ``seqs`` (raw item ids = post ids) with post content from
@@ -225,12 +217,13 @@ def train_serving_ranker(
     split = leave_one_out(seqs)
     if split.n_users == 0:
         raise ValueError("no member has two or more engagements: nothing to train the ranker on")
-    torch.manual_seed(cfg.seed)
+    train = cfg.train
+    torch.manual_seed(train.seed)
     model = SequentialRecommender(cfg.model_config(len(vocab), seqs.n_actions, content.dim))
     report = train_seqrec(
         model,
         split,
-        cfg.train_config(device),
+        train,
         item_content=content_table(vocab, content),
         progress=progress,
     )
@@ -247,14 +240,14 @@ def train_serving_ranker(
     }
     if cfg.eval_users > 0:
         started = time.perf_counter()
-        rows = np.random.default_rng(cfg.seed).permutation(split.n_users)[: cfg.eval_users]
+        rows = np.random.default_rng(train.seed).permutation(split.n_users)[: cfg.eval_users]
         sample = split.subset(np.sort(rows))
         table = item_table(model, vocab, vocab.post_ids, content)
         info["eval"] = {
             "protocol": "leave-one-out, full ranking over every post, history filtered",
             "users": sample.n_users,
-            "popularity": rank_metrics(popularity_ranks(sample, cfg.train_len)),
-            cfg.kind: rank_metrics(serving_ranks(model, sample, table, cfg.train_len)),
+            "popularity": rank_metrics(popularity_ranks(sample, train.max_len)),
+            cfg.kind: rank_metrics(serving_ranks(model, sample, table, train.max_len)),
             "seconds": round(time.perf_counter() - started, 1),
         }
     return ServingRanker(model, vocab, info), report

@@ -25,6 +25,7 @@ from feedserve.models.gr_serving import (
     save_serving_ranker,
     train_serving_ranker,
 )
+from feedserve.models.gr_train import GRTrainConfig
 from feedserve.models.post_table import PostEmbeddingTable, write_snapshot
 from feedserve.models.serving import RankerHandler
 from feedserve.store import EmbeddingRecord, FileEmbeddingLog
@@ -81,10 +82,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     root = tmp_path_factory.mktemp("tiny_ranker")
     write_snapshot(root / "index", catalogue, content)
     table = PostEmbeddingTable(root / "index", None)
-    cfg = ServingRankerConfig(
-        dim=16, blocks=1, heads=2, max_len=MAX_LEN, epochs=12, lr=1e-2, batch_size=16,
-        negatives=16, id_dropout=0.2, train_len=12, eval_users=40,
+    train = GRTrainConfig(
+        epochs=12, lr=1e-2, batch_size=16, num_negatives=16, candidate_loss_weight=1.0,
+        max_len=12, checkpoint_every=0,
     )  # fmt: skip
+    cfg = ServingRankerConfig(
+        dim=16, blocks=1, heads=2, max_len=MAX_LEN, id_dropout=0.2, train=train, eval_users=40
+    )
     with torch.enable_grad():  # in case another test switched autograd off globally
         ranker, report = train_serving_ranker(
             ordered_reading(catalogue, members=96, events=14, seed=1), table, cfg
