@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from feedserve.data.io import write_dataset
 from feedserve.data.synthetic import DemoConfig, generate
@@ -84,9 +85,13 @@ def test_export_trains_the_served_ranker_as_a_new_version(built: Any, tmp_path: 
     assert (version / "model.py").is_file() and (version / "ranker" / "post_ids.npy").is_file()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"] == "hstu" and metrics["users"] > 0
-    handler = build_handler(
-        "generative_ranker", ModelSettings(artifacts_dir=built.artifacts_dir), version
-    )
+    grad = torch.is_grad_enabled()
+    try:
+        handler = build_handler(
+            "generative_ranker", ModelSettings(artifacts_dir=built.artifacts_dir), version
+        )
+    finally:
+        torch.set_grad_enabled(grad)  # the handlers switch autograd off process-wide
     ids = np.load(version / "ranker" / "post_ids.npy")
     (out,) = handler.handle(
         [

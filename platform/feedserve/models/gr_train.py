@@ -194,6 +194,7 @@ def _restore(
     return int(state["epoch"]), list(state["epoch_losses"]), float(state["seconds"])
 
 
+@torch.enable_grad()  # a serving handler in the same process may have turned autograd off
 def train_seqrec(
     model: SequentialRecommender,
     split: LeaveOneOut,

@@ -435,6 +435,7 @@ def _total_steps(n: int, cfg: RetrievalTrainConfig) -> int:
     return (full + (1 if rest >= 2 else 0)) * cfg.epochs
 
 
+@torch.enable_grad()  # a serving handler in the same process may have turned autograd off
 def train_retrieval(
     encoder_dir: Path,
     pairs: Sequence[Pair],

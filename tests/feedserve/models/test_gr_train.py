@@ -154,3 +154,18 @@ def test_config_is_validated() -> None:
         GRTrainConfig(batch_size=0)
     with pytest.raises(ValueError):
         GRTrainConfig(candidate_loss_weight=-1.0)
+
+
+def test_trains_even_with_autograd_switched_off_process_wide(split: LeaveOneOut) -> None:
+    """Serving handlers turn autograd off for their process; training in the same process
+    (a CLI export, a test session) must still learn."""
+    grad = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        before = model()
+        net = model()
+        net.load_state_dict(before.state_dict())
+        report = train_seqrec(net, split, replace(CFG, epochs=1))
+    finally:
+        torch.set_grad_enabled(grad)
+    assert report.steps > 0 and not same_weights(before, net)
