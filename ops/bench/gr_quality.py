@@ -22,10 +22,10 @@ under ``_meta.setup``):
   from measured epoch times, which depend heavily on the other load of the 2 shared cores:
   about 4 s (ML-100K) and 6 s (ml-latest-small) per model and epoch on a quiet machine (the
   whole run then takes about 22 minutes), 10-50 s under heavy load (time budget below) —
-  the models are under-trained compared with the reference: on ml-latest-small (seed 0,
-  measured once) 48 epochs gave SASRec HR@10 0.061 and HSTU 0.056 (24 epochs, 3 seeds: 0.045
-  each),
-  a full 48-epoch run (about an hour alone on this CPU) is left for a GPU machine;
+  the models are under-trained compared with the reference: ml-latest-small alone at 48
+  epochs (``--datasets ml-latest-small --epochs 48`` with ``time_budget_s`` 900, 3 seeds, 43
+  minutes; ``ops/results/gr_quality_48ep/``) gave SASRec HR@10 0.0579 and HSTU 0.0612
+  (24 epochs: 0.0454 and 0.0448); both data sets at 48 epochs take over an hour here;
 * **batch 32** instead of 128: 4× the optimizer steps per epoch at about the same epoch time,
   which matters when only a few epochs are affordable (measured: HSTU on ML-100K reached
   HR@10 0.029 after one epoch at batch 32, 0.007 at batch 128);
