@@ -42,7 +42,9 @@ def artifact_dir(settings: ModelSettings, version_dir: Path | None, name: str) -
 
 
 def _configure_torch(settings: ModelSettings) -> None:
-    torch.set_grad_enabled(False)
+    # no process-wide autograd switch: the models' own inference entry points run under
+    # no_grad / inference_mode, and a process that also trains (a CLI export, a test session)
+    # must keep autograd
     if settings.device == "cpu":
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
 
