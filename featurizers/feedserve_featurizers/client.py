@@ -92,8 +92,9 @@ class InProcessFeaturizer:
         self,
         ctx: hydrate.FeaturizerContext,
         triton: InferenceClient,
-        embedding_log: EmbeddingLog,
+        embedding_log: EmbeddingLog | None,
     ) -> None:
+        """``embedding_log`` None: this featurizer does not index posts (a batch job's)."""
         self.ctx = ctx
         self.triton = triton
         self.embedding_log = embedding_log
@@ -118,6 +119,9 @@ class InProcessFeaturizer:
         return await asyncio.to_thread(hydrate.hydrate_candidates, self.ctx, post_ids)
 
     async def _index(self, post_id: int, attempts: int = 8) -> None:
+        if self.embedding_log is None:
+            raise RuntimeError("this in-process featurizer has no embedding log to index into")
+        log_ = self.embedding_log
         loop = asyncio.get_running_loop()
 
         def embed(ids: np.ndarray) -> tuple[np.ndarray, str]:  # called from the worker thread
@@ -127,9 +131,7 @@ class InProcessFeaturizer:
         delay = 0.2
         for attempt in range(attempts):
             try:
-                await asyncio.to_thread(
-                    hydrate.index_post, self.ctx, post_id, embed, self.embedding_log
-                )
+                await asyncio.to_thread(hydrate.index_post, self.ctx, post_id, embed, log_)
                 return
             except Exception as exc:  # retried with backoff, like the Celery task
                 log.warning("indexing post %s failed (attempt %d): %s", post_id, attempt + 1, exc)

@@ -12,11 +12,13 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from feedserve.settings import FeaturizerSettings
 from feedserve.store import open_event_log, open_store
-from feedserve.store.base import EventLog, FeatureStore
+from feedserve.store.base import EngagementEvent, EventLog, FeatureStore
+from feedserve_featurizers.nearline import NearlineRefresher
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,22 @@ def drain_once(
     count: int = 256,
     block_ms: int = 1000,
     reclaim_idle_ms: int = 30_000,
+    after_apply: Callable[[Sequence[EngagementEvent]], None] | None = None,
 ) -> int:
-    """Apply one batch (re-claimed stale events first, then new ones); returns events handled."""
+    """Apply one batch (re-claimed stale events first, then new ones); returns events handled.
+
+    ``after_apply`` (the nearline workflow steps) runs after the write and before the
+    acknowledgement: if it raises, the batch stays pending and is re-delivered.
+    """
     batch = events.reclaim(consumer, reclaim_idle_ms, count)
     if len(batch) < count:
         batch += events.consume(consumer, count - len(batch), block_ms if not batch else 0)
     if not batch:
         return 0
-    store.apply_events([event for _, event in batch])
+    applied = [event for _, event in batch]
+    store.apply_events(applied)
+    if after_apply is not None:
+        after_apply(applied)
     events.ack([delivery for delivery, _ in batch])
     return len(batch)
 
@@ -44,10 +54,12 @@ def run(settings: FeaturizerSettings, stop: threading.Event) -> None:
     store = open_store(settings)
     events = open_event_log(settings)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
-    log.info("event consumer %s started", consumer)
+    refresher = NearlineRefresher.create(settings, store=store)
+    steps = ", ".join(refresher.steps) if refresher else "none"
+    log.info("event consumer %s started (nearline steps: %s)", consumer, steps)
     while not stop.is_set():
         try:
-            drain_once(events, store, consumer, block_ms=500)
+            drain_once(events, store, consumer, block_ms=500, after_apply=refresher)
         except Exception:  # keep consuming: unacknowledged events are re-claimed later
             log.exception("applying events failed; will retry")
             stop.wait(1.0)

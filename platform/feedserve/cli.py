@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feedserve import __version__
+from feedserve.cli_workflow import CLIError, run_app, workflow_app
 
 app = typer.Typer(
     help="feedserve: a disaggregated inference platform for feed recommendation.",
@@ -31,12 +32,10 @@ index_app = typer.Typer(help="The exhaustive post index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(run_app, name="run")
 console = Console(soft_wrap=True)  # long lines (the curl example) stay copy-pasteable
 err = Console(stderr=True)
-
-
-class CLIError(Exception):
-    """An expected failure: printed as one line, no traceback."""
 
 
 @app.command()
@@ -184,7 +183,9 @@ def up(
         f"\n[bold green]feedserve is up[/] in {time.perf_counter() - started:.0f}s — {mode}\n"
         f"  gateway  {stack.gateway_url}   (OpenAPI docs: {stack.gateway_url}/docs)\n"
         f"  triton   http://{stack.triton_url}\n"
-        f"  logs     {settings.runtime_dir}/logs\n\n"
+        f"  logs     {settings.runtime_dir}/logs\n"
+        f"  workflow {settings.workflow or 'the packaged feed.yaml'} "
+        "(`feedserve workflow show` draws it)\n\n"
         "Try:\n"
         f"  curl -s -X POST {stack.gateway_url}/v1/feed -H 'content-type: application/json' "
         f"-d '{example}'\n\n"
@@ -489,10 +490,11 @@ def featurizer_consume() -> None:
 def main() -> None:
     from feedserve.data.io import DatasetError
     from feedserve.launcher import StartupError
+    from feedserve.workflow.spec import WorkflowError
 
     try:
         app()
-    except (CLIError, DatasetError, StartupError, FileNotFoundError) as exc:
+    except (CLIError, DatasetError, StartupError, FileNotFoundError, WorkflowError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -225,6 +225,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if s.workflow is not None:
+            env["FEEDSERVE_WORKFLOW"] = str(Path(s.workflow).resolve())
         return env
 
     def _add(self, name: str, cmd: list[str], env: dict[str, str]) -> ManagedProcess:

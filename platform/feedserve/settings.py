@@ -26,6 +26,10 @@ class CommonSettings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var/data"), description="demo data set directory")
     history_max_len: int = Field(default=1024, ge=1, description="events kept per member")
+    workflow: Path | None = Field(
+        default=None,
+        description="feed workflow file (YAML); default: the packaged feedserve/workflow/feed.yaml",
+    )
 
     @property
     def embedded(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.http.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from feedserve.models.signatures import (
     GENERATIVE_RANKER,
@@ -198,6 +198,69 @@ class AsyncTritonClient:
             inputs["request_time"] = np.asarray([history["request_time"]], dtype=np.int64)
         out = await self._infer(GENERATIVE_RANKER, inputs, timeout_s)
         return out["scores"]
+
+
+class OipV2Client:
+    """Any Open Inference Protocol v2 endpoint (KServe, Triton, …): plain JSON tensors, no
+    Triton extensions, so that a remote workflow step can call servers other than ours.
+
+    Tensors are sent with a leading batch dimension of one and returned without it (the
+    layout of batching Triton models).
+    """
+
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        base = url.strip().rstrip("/")
+        ssl = base.startswith("https://")
+        for scheme in ("http://", "https://"):
+            base = base.removeprefix(scheme)
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = InferenceServerClient(url=base, ssl=ssl, conn_timeout=timeout_s)
+
+    async def infer(
+        self,
+        model: str,
+        tensors: Mapping[str, np.ndarray],
+        outputs: tuple[str, ...],
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        inputs = []
+        for name, value in tensors.items():
+            arr = np.asarray(value)[None, ...]
+            tensor = InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            tensor.set_data_from_numpy(arr, binary_data=False)
+            inputs.append(tensor)
+        requested = [InferRequestedOutput(n, binary_data=False) for n in outputs]
+        where = f"{model} at {self.url}"
+        try:
+            result = await asyncio.wait_for(
+                self._client.infer(model, inputs, model_version=version, outputs=requested),
+                timeout=timeout_s or self.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise TritonUnavailable(where, "timed out") from exc
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if status in {"400", "StatusCode.INVALID_ARGUMENT"}:
+                raise TritonRequestError(where, exc.message() or str(exc)) from exc
+            raise TritonUnavailable(where, exc.message() or str(exc)) from exc
+        except OSError as exc:
+            raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("aiohttp"):
+                raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+            raise
+        out: dict[str, np.ndarray] = {}
+        for name in outputs:
+            arr = result.as_numpy(name)
+            if arr is None:
+                raise TritonRequestError(where, f"response has no tensor {name!r}")
+            out[name] = arr[0]
+        return out
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 def _text(arr: np.ndarray) -> str:

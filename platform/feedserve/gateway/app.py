@@ -40,8 +40,10 @@ from feedserve.settings import FeaturizerSettings, GatewaySettings
 from feedserve.store import open_embedding_log, open_event_log, open_store
 from feedserve.store.base import EventLog, FeatureStore
 from feedserve.triton_client import AsyncTritonClient, InferenceClient
+from feedserve.workflow.spec import load_configured
 from feedserve_featurizers.client import CeleryFeaturizer, Featurizer, InProcessFeaturizer
 from feedserve_featurizers.consumer import drain_once
+from feedserve_featurizers.nearline import NearlineRefresher, engagement_steps
 
 log = logging.getLogger("feedserve.gateway")
 
@@ -59,6 +61,7 @@ class Runtime:
     featurizer: Featurizer
     triton: InferenceClient
     embedded: bool
+    refresher: NearlineRefresher | None = None
 
 
 def _load_embedded_data(settings: GatewaySettings, store: FeatureStore) -> None:
@@ -69,11 +72,15 @@ def _load_embedded_data(settings: GatewaySettings, store: FeatureStore) -> None:
     log.info("loaded %d members, %d posts into the in-memory store", len(ds.members), len(ds.posts))
 
 
-async def _consume_forever(events: EventLog, store: FeatureStore) -> None:
+async def _consume_forever(
+    events: EventLog, store: FeatureStore, refresher: NearlineRefresher | None
+) -> None:
     """Embedded mode's nearline consumer (the featurizer pool runs it otherwise)."""
     while True:
         try:
-            handled = await asyncio.to_thread(drain_once, events, store, "gateway", 256, 50)
+            handled = await asyncio.to_thread(
+                drain_once, events, store, "gateway", 256, 50, after_apply=refresher
+            )
             if not handled:
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
@@ -91,11 +98,16 @@ def build_runtime(settings: GatewaySettings, triton: AsyncTritonClient) -> Runti
         **settings.model_dump(include=set(FeaturizerSettings.model_fields))
     )
     featurizer: Featurizer
+    refresher = None
+    workflow = load_configured(settings.workflow)
     if settings.embedded:
         _load_embedded_data(settings, store)
-        featurizer = InProcessFeaturizer.create(
+        in_process = InProcessFeaturizer.create(
             fsettings, store, triton, open_embedding_log(settings)
         )
+        featurizer = in_process
+        if engagement_steps(workflow):
+            refresher = NearlineRefresher(workflow, in_process.ctx, settings.triton_url)
     else:
         featurizer = CeleryFeaturizer(fsettings, settings.featurizer_timeout_s)
     service = FeedService(
@@ -106,8 +118,10 @@ def build_runtime(settings: GatewaySettings, triton: AsyncTritonClient) -> Runti
         triton,
         GatewayMetrics(),
         FeedConfig(retrieval_k=settings.retrieval_k, max_per_author=settings.max_per_author),
+        workflow,
+        settings.triton_timeout_s,
     )
-    return Runtime(service, store, events, featurizer, triton, settings.embedded)
+    return Runtime(service, store, events, featurizer, triton, settings.embedded, refresher)
 
 
 RuntimeFactory = Callable[[GatewaySettings, AsyncTritonClient], Runtime]
@@ -125,7 +139,9 @@ def create_app(
         rt = await asyncio.to_thread(runtime_factory, settings, triton)
         app.state.rt = rt
         consumer = (
-            asyncio.create_task(_consume_forever(rt.events, rt.store)) if rt.embedded else None
+            asyncio.create_task(_consume_forever(rt.events, rt.store, rt.refresher))
+            if rt.embedded
+            else None
         )
         try:
             yield
@@ -135,6 +151,7 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await consumer
             await rt.featurizer.close()
+            await rt.service.close()
             await rt.triton.close()
 
     app = FastAPI(

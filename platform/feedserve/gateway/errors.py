@@ -55,6 +55,11 @@ async def on_triton(_request: Request, exc: Exception) -> JSONResponse:
     return _body(502, f"inference failed: {exc}")
 
 
+async def on_timeout(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("deadline exceeded: %s", exc)
+    return _body(504, f"deadline exceeded: {exc}")
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(NotFound, on_not_found)
@@ -63,3 +68,4 @@ def install(app: FastAPI) -> None:
     for store_error in UNAVAILABLE_ERRORS:
         app.add_exception_handler(store_error, on_unavailable)
     app.add_exception_handler(TritonError, on_triton)
+    app.add_exception_handler(TimeoutError, on_timeout)

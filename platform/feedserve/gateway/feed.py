@@ -29,6 +29,12 @@ class Candidate:
     sources: list[str] = field(default_factory=list)
     retrieval_score: float = 0.0
     """Score in the first source that proposed the post (cosine for ebr; rank-based otherwise)."""
+    score: float | None = None
+    """Ranking score, once ranked (None: not ranked, e.g. the ranker's fallback)."""
+
+    @property
+    def final_score(self) -> float:
+        return self.retrieval_score if self.score is None else self.score
 
 
 def merge_candidates(

@@ -30,6 +30,9 @@ class FeedRequest(_Strict):
     member_id: int = Field(gt=0, lt=MAX_ID, description="the member whose feed to build")
     count: int = Field(default=20, ge=1, le=100, description="how many posts to return")
     session: SessionIn | None = Field(default=None, description="optional session context")
+    explain: bool = Field(
+        default=False, description="include how the workflow ran (steps, modes, timings)"
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -47,6 +50,26 @@ class FeedItem(BaseModel):
     topic: str
 
 
+class StepRun(BaseModel):
+    step: str
+    mode: str = Field(description="online | remote | offline | nearline | offline+nearline")
+    status: str = Field(
+        description="ok | fallback | stored (read a precomputed value) | computed-on-miss | "
+        "held-by-model | failed"
+    )
+    ms: float
+    detail: str = ""
+
+
+class FeedExplain(BaseModel):
+    workflow: str
+    steps: list[StepRun] = Field(description="each step of the request path, in finish order")
+    as_of: dict[str, float] = Field(
+        default_factory=dict,
+        description="unix time each embedding used was computed (its freshness)",
+    )
+
+
 class FeedResponse(BaseModel):
     member_id: int
     items: list[FeedItem]
@@ -54,6 +77,7 @@ class FeedResponse(BaseModel):
     cold_start: bool = Field(description="unknown member: popular and fresh posts")
     degraded: bool = Field(description="a stage failed and a fallback answered")
     degraded_reasons: list[str] = Field(default_factory=list)
+    explain: FeedExplain | None = Field(default=None, description="when the request asked")
 
 
 class EventIn(_Strict):

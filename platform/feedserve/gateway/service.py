@@ -1,8 +1,11 @@
-"""The gateway's request logic: featurizer pool → retrieval → ranking → business rules.
+"""The gateway's request logic. A feed request runs the feed workflow (``feedserve.workflow``):
+featurizer pool → candidate sources → merge → ranking → business rules, each step in the mode
+the workflow file gives it.
 
-Stage failures degrade instead of failing the request: if the ranker fails the feed is served
-in retrieval order, if retrieval fails it is served from the popular/fresh/network sources;
-both say so in ``degraded_reasons``. Only a featurizer outage fails a feed request (HTTP 503).
+Stage failures degrade instead of failing the request where the workflow gives a fallback
+(the default one: ranker down → retrieval order; embedding retrieval down → the
+popular/fresh/network sources); ``degraded_reasons`` names each step that fell back. A step
+without a fallback fails the request (a featurizer outage: HTTP 503).
 """
 
 from __future__ import annotations
@@ -10,10 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,12 +22,14 @@ from feedserve.gateway.metrics import GatewayMetrics
 from feedserve.gateway.schemas import (
     EventsAccepted,
     EventsRequest,
+    FeedExplain,
     FeedItem,
     FeedRequest,
     FeedResponse,
     PostAccepted,
     PostEdit,
     PostIn,
+    StepRun,
 )
 from feedserve.store.base import (
     EmbeddingLog,
@@ -37,11 +38,17 @@ from feedserve.store.base import (
     EventLog,
     FeatureStore,
 )
-from feedserve.triton_client import InferenceClient, TritonError
+from feedserve.triton_client import InferenceClient
+from feedserve.workflow.ops import FeedConfig, OpContext
+from feedserve.workflow.runner import RemoteClients, Runner, RunResult
+from feedserve.workflow.spec import Workflow, WorkflowError, load_default
 from feedserve_featurizers.client import Featurizer
 from feedserve_featurizers.hydrate import SessionContext
 
-T = TypeVar("T")
+__all__ = ["FEED_OUTPUTS", "Conflict", "FeedConfig", "FeedService", "NotFound"]
+
+FEED_OUTPUTS = ("page", "ranked", "post_meta", "member")
+"""Values a feed workflow must output for the gateway to build its response."""
 
 
 class NotFound(Exception):
@@ -50,13 +57,6 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """The request conflicts with stored state (mapped to HTTP 409)."""
-
-
-@dataclass
-class FeedConfig:
-    retrieval_k: int = 200
-    max_per_author: int = 2
-    quotas: dict[str, int] | None = None
 
 
 class FeedService:
@@ -69,6 +69,8 @@ class FeedService:
         triton: InferenceClient,
         metrics: GatewayMetrics,
         config: FeedConfig,
+        workflow: Workflow | None = None,
+        remote_timeout_s: float = 2.0,
     ) -> None:
         self.store = store
         self.events = events
@@ -77,156 +79,75 @@ class FeedService:
         self.triton = triton
         self.metrics = metrics
         self.config = config
+        self.workflow = workflow or load_default()
+        missing = [v for v in FEED_OUTPUTS if v not in self.workflow.spec.outputs]
+        if missing:
+            raise WorkflowError(
+                [f"a feed workflow must output {', '.join(missing)}"], self.workflow.spec.name
+            )
+        posts = [s for s in self.workflow.spec.steps if s.op_name == "embed_posts"]
+        self.index_posts_nearline = not posts or any(s.mode.streaming for s in posts)
+        """New and edited posts are indexed within seconds unless the workflow declares the
+        post embeddings offline only (then the next `feedserve index build` picks them up)."""
+        self.remote = RemoteClients(remote_timeout_s)
+        ctx = OpContext(featurizer, triton, store, config, self.remote)
+        self.runner = Runner(self.workflow, ctx, self._observe)
 
-    @contextmanager
-    def _stage(self, name: str) -> Any:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.metrics.stage.labels(name).observe(time.perf_counter() - start)
+    def _observe(self, stage: str, seconds: float) -> None:
+        self.metrics.stage.labels(stage).observe(seconds)
 
-    async def _timed(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        with self._stage(name):
-            return await call()
+    async def close(self) -> None:
+        await self.remote.close()
 
     # --- feed -----------------------------------------------------------------------------
     async def feed(self, req: FeedRequest, now: int | None = None) -> FeedResponse:
         trace_id = uuid.uuid4().hex
         now = int(time.time()) if now is None else now
         session = SessionContext(**req.session.model_dump()) if req.session else None
-        member = await self._timed(
-            "featurize", lambda: self.featurizer.hydrate_member(req.member_id, session, now)
+        result = await self.runner.run(
+            {"member_id": req.member_id, "session_context": session, "now": now, "count": req.count}
         )
-        reasons: list[str] = []
-        seen_ids = np.asarray(member["seen_ids"])
-        blocked_ids = np.asarray(member["blocked_author_ids"])
-        sources: dict[str, list[tuple[int, float]]] = {
-            "network": rules.rank_scores(np.asarray(member["network_ids"]).tolist()),
-            "popular": rules.rank_scores(np.asarray(member["popular_ids"]).tolist()),
-            "fresh": rules.rank_scores(np.asarray(member["fresh_ids"]).tolist()),
-        }
-        # embedding sources, concurrently: the member prompt (ebr) and this session's posts
-        searches: dict[str, Awaitable[list[tuple[int, float]]]] = {}
-        input_ids = np.asarray(member["input_ids"])
-        if len(input_ids):
-            searches["ebr"] = self._retrieve(input_ids, seen_ids, blocked_ids)
-        if session is not None and session.engaged_post_ids:
-            engaged = np.array(session.engaged_post_ids, dtype=np.int64)
-            searches["session"] = self._more_like(engaged, seen_ids, blocked_ids)
-        if searches:
-            found = await self._timed(
-                "retrieve", lambda: asyncio.gather(*searches.values(), return_exceptions=True)
-            )
-            for name, result in zip(searches, found, strict=True):
-                if isinstance(result, TritonError):
-                    reasons.append(f"retrieval unavailable ({name}): {result}")
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    sources[name] = result
-        candidates = rules.merge_candidates(
-            sources, self.config.quotas or rules.DEFAULT_QUOTAS, exclude=set(seen_ids.tolist())
-        )
-        meta = await self._timed(
-            "hydrate_candidates",
-            lambda: self.featurizer.hydrate_candidates([c.post_id for c in candidates]),
-        )
-        blocked = set(blocked_ids.tolist())
-        allowed = {
-            int(p)
-            for p, a in zip(
-                np.asarray(meta["post_ids"]), np.asarray(meta["author_ids"]), strict=True
-            )
-            if int(a) not in blocked
-        }
-        candidates = [c for c in candidates if c.post_id in allowed]
-        # default order: retrieval order (the merge order: embedding retrieval first)
-        scores = {c.post_id: c.retrieval_score for c in candidates}
-        ordered = [c.post_id for c in candidates]
-        cold_start = not bool(member["known"])
-        if cold_start:  # no history to rank against: popularity first, then freshness
-            scores = {c.post_id: _cold_start_score(c) for c in candidates}
-            ordered = sorted(scores, key=lambda p: (-scores[p], p))
-        elif candidates:
-            try:
-                ranked = await self._timed("rank", lambda: self._rank(member, candidates))
-                scores = dict(zip(ordered, ranked, strict=True))
-                ordered = sorted(scores, key=lambda p: (-scores[p], p))
-            except TritonError as exc:
-                reasons.append(f"ranker unavailable: {exc}")
-        for reason in reasons:
-            self.metrics.degraded.labels(reason.split(":")[0]).inc()
-        return self._assemble(req, trace_id, candidates, ordered, scores, meta, cold_start, reasons)
+        for reason in result.degraded:
+            self.metrics.degraded.labels(reason.split(" ", 1)[0]).inc()
+        return self._assemble(req, trace_id, result)
 
-    async def _retrieve(
-        self, input_ids: np.ndarray, seen: np.ndarray, blocked: np.ndarray
-    ) -> list[tuple[int, float]]:
-        query = await self.triton.embed_ids(input_ids)
-        ids, scores = await self.triton.search(
-            query, self.config.retrieval_k, seen, blocked_author_ids=blocked
-        )
-        return _pairs(ids, scores)
-
-    async def _more_like(
-        self, post_ids: np.ndarray, seen: np.ndarray, blocked: np.ndarray
-    ) -> list[tuple[int, float]]:
-        """The session-context source: posts like the ones engaged with in this session."""
-        quotas = self.config.quotas or rules.DEFAULT_QUOTAS
-        ids, scores = await self.triton.search(
-            None,
-            quotas.get("session", 0) or 1,
-            seen,
-            query_post_ids=post_ids,
-            blocked_author_ids=blocked,
-        )
-        return _pairs(ids, scores)
-
-    async def _rank(self, member: dict[str, Any], candidates: list[rules.Candidate]) -> list[float]:
-        cand_ids = np.array([c.post_id for c in candidates], dtype=np.int64)
-        scores = await self.triton.rank(member, cand_ids)
-        if len(scores) != len(cand_ids):
-            raise TritonError("generative_ranker", "returned the wrong number of scores")
-        return [float(s) for s in scores]
-
-    def _assemble(
-        self,
-        req: FeedRequest,
-        trace_id: str,
-        candidates: list[rules.Candidate],
-        ordered: list[int],
-        scores: dict[int, float],
-        meta: dict[str, Any],
-        cold_start: bool,
-        reasons: list[str],
-    ) -> FeedResponse:
+    def _assemble(self, req: FeedRequest, trace_id: str, result: RunResult) -> FeedResponse:
+        values = result.values
+        meta = values["post_meta"]
         ids = np.asarray(meta["post_ids"]).tolist()
         author_of = dict(zip(ids, np.asarray(meta["author_ids"]).tolist(), strict=True))
         info = {
             pid: (fmt, topic)
             for pid, fmt, topic in zip(ids, meta["formats"], meta["topics"], strict=True)
         }
-        by_id = {c.post_id: c for c in candidates}
-        page = rules.diversify(ordered, author_of, self.config.max_per_author, req.count)
+        by_id: dict[int, rules.Candidate] = {c.post_id: c for c in values["ranked"]}
         items = [
             FeedItem(
                 post_id=pid,
                 author_id=author_of[pid],
                 rank=i + 1,
-                score=round(scores[pid], 6),
+                score=round(by_id[pid].final_score, 6),
                 sources=by_id[pid].sources,
                 format=info[pid][0],
                 topic=info[pid][1],
             )
-            for i, pid in enumerate(page)
+            for i, pid in enumerate(values["page"])
         ]
+        explain = None
+        if req.explain:
+            explain = FeedExplain(
+                workflow=self.workflow.spec.name,
+                steps=[StepRun(**t.__dict__) for t in result.trace],
+                as_of=result.as_of(),
+            )
         return FeedResponse(
             member_id=req.member_id,
             items=items,
             trace_id=trace_id,
-            cold_start=cold_start,
-            degraded=bool(reasons),
-            degraded_reasons=reasons,
+            cold_start=not bool(values["member"]["known"]),
+            degraded=bool(result.degraded),
+            degraded_reasons=result.degraded,
+            explain=explain,
         )
 
     # --- events ---------------------------------------------------------------------------
@@ -269,7 +190,8 @@ class FeedService:
             article=req.article,
         )
         await asyncio.to_thread(self.store.put_posts, [post])
-        await self.featurizer.index_post(post_id)
+        if self.index_posts_nearline:
+            await self.featurizer.index_post(post_id)
         self.metrics.posts.inc()
         return PostAccepted(post_id=post_id)
 
@@ -281,7 +203,8 @@ class FeedService:
         changes = req.model_dump(exclude_unset=True)
         edited = existing.model_copy(update={k: getattr(req, k) for k in changes})
         await asyncio.to_thread(self.store.put_posts, [Post.model_validate(edited.model_dump())])
-        await self.featurizer.index_post(post_id)
+        if self.index_posts_nearline:
+            await self.featurizer.index_post(post_id)
         return PostAccepted(post_id=post_id)
 
     async def delete_post(self, post_id: int) -> None:
@@ -290,12 +213,3 @@ class FeedService:
             raise NotFound(f"post {post_id} does not exist")
         record = EmbeddingRecord(op="delete", post_id=post_id, embedding=None)
         await asyncio.to_thread(self.embeddings.append, [record])
-
-
-def _pairs(ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
-    return [(int(p), float(s)) for p, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-
-
-def _cold_start_score(c: rules.Candidate) -> float:
-    weight = {"popular": 1.0, "network": 0.9, "fresh": 0.8, "session": 0.75, "ebr": 0.7}
-    return max(weight.get(s, 0.5) for s in c.sources) * (0.5 + 0.5 * c.retrieval_score)

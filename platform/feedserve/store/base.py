@@ -60,6 +60,9 @@ class FeatureStore(Protocol):
 
     def get_members(self, member_ids: Sequence[int]) -> list[Member | None]: ...
 
+    def member_ids(self) -> list[int]:
+        """Every member with a stored profile, ascending (what an offline job iterates)."""
+
     # --- posts -------------------------------------------------------------------------------
     def put_posts(self, posts: Iterable[Post]) -> None:
         """Insert or replace posts; indexes them by recency and author."""
@@ -98,11 +101,33 @@ class FeatureStore(Protocol):
         events were newly applied.
         """
 
+    # --- materialized vectors (offline / nearline workflow outputs) --------------------------
+    def put_vectors(self, table: str, vectors: Sequence[StoredVector]) -> None:
+        """Insert or replace vectors of ``table`` (e.g. ``member_embedding``) by key."""
+
+    def get_vectors(self, table: str, keys: Sequence[int]) -> list[StoredVector | None]:
+        """The stored vectors for ``keys`` (None where absent), in order."""
+
+    def vector_count(self, table: str) -> int:
+        """How many keys ``table`` holds."""
+
     def bulk_load(
         self, members: Iterable[Member], posts: Iterable[Post], interactions: np.ndarray
     ) -> None:
         """Load a data set fast (no idempotency bookkeeping). ``interactions`` is a structured
         array with fields member_id, post_id, action, ts (any order; sorted here by ts)."""
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """A vector materialized by an offline or nearline workflow step, keyed by an entity id."""
+
+    key: int
+    vector: np.ndarray  # float32 [dim]
+    space: str = ""
+    """Fingerprint of the model that produced ``vector`` (as for ``EmbeddingRecord``)."""
+    updated_at: float = 0.0
+    """Unix time (seconds) when the vector was computed: how fresh it is."""
 
 
 @dataclass(frozen=True)

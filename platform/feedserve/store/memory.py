@@ -37,6 +37,7 @@ from feedserve.store.base import (
     ENGAGEMENT_WEIGHTS,
     HISTORY_DTYPE,
     EngagementEvent,
+    StoredVector,
     empty_history,
 )
 
@@ -155,6 +156,7 @@ class MemoryFeatureStore:
         self._popularity: dict[int, float] = {}
         self._max_post_id = 0
         self._applied: OrderedDict[str, float] = OrderedDict()  # event_id -> expiry (monotonic)
+        self._vectors: dict[str, dict[int, StoredVector]] = {}
 
     def ping(self) -> bool:
         return True
@@ -172,6 +174,10 @@ class MemoryFeatureStore:
     def get_member(self, member_id: int) -> Member | None:
         with self._lock:
             return self._members.get(member_id)
+
+    def member_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._members)
 
     def get_members(self, member_ids: Sequence[int]) -> list[Member | None]:
         with self._lock:
@@ -298,6 +304,27 @@ class MemoryFeatureStore:
             for member_id, recs in pending.items():
                 self._append_history(member_id, np.stack(recs))
         return applied
+
+    # --- materialized vectors ------------------------------------------------------------------
+    def put_vectors(self, table: str, vectors: Sequence[StoredVector]) -> None:
+        with self._lock:
+            rows = self._vectors.setdefault(table, {})
+            for v in vectors:
+                rows[int(v.key)] = StoredVector(
+                    int(v.key),
+                    np.asarray(v.vector, dtype=np.float32).copy(),
+                    v.space,
+                    float(v.updated_at),
+                )
+
+    def get_vectors(self, table: str, keys: Sequence[int]) -> list[StoredVector | None]:
+        with self._lock:
+            rows = self._vectors.get(table, {})
+            return [rows.get(int(k)) for k in keys]
+
+    def vector_count(self, table: str) -> int:
+        with self._lock:
+            return len(self._vectors.get(table, {}))
 
     def bulk_load(
         self, members: Iterable[Member], posts: Iterable[Post], interactions: np.ndarray

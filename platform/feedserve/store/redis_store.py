@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ from feedserve.store.base import (
     HISTORY_DTYPE,
     EmbeddingRecord,
     EngagementEvent,
+    StoredVector,
     empty_history,
 )
 from feedserve.store.memory import EVENT_DEDUP_TTL_S, pack_event, plan_bulk_load
@@ -210,6 +212,12 @@ class RedisFeatureStore:
     def get_member(self, member_id: int) -> Member | None:
         return self.get_members([member_id])[0]
 
+    def member_ids(self) -> list[int]:
+        """SCAN over ``{prefix}:member:*`` (no index to keep in step)."""
+        head = len(self._k("member", ""))
+        pattern = _escape_glob(self._k("member", "")) + "*"
+        return sorted(int(k[head:]) for k in self.client.scan_iter(match=pattern, count=1000))
+
     def get_members(self, member_ids: Sequence[int]) -> list[Member | None]:
         out: list[Member | None] = []
         for chunk in _chunks(list(member_ids)):
@@ -336,6 +344,24 @@ class RedisFeatureStore:
             )
         return sum(int(r) for r in pipe.execute())
 
+    # --- materialized vectors ------------------------------------------------------------------
+    def put_vectors(self, table: str, vectors: Sequence[StoredVector]) -> None:
+        """One hash per table (``{prefix}:vec:{table}``): key -> updated_at, space, float32s."""
+        for chunk in _chunks(list(vectors)):
+            self.client.hset(
+                self._k("vec", table), mapping={str(int(v.key)): _pack_vector(v) for v in chunk}
+            )
+
+    def get_vectors(self, table: str, keys: Sequence[int]) -> list[StoredVector | None]:
+        ids = [int(k) for k in keys]
+        if not ids:
+            return []
+        raw: list[bytes | None] = self.client.hmget(self._k("vec", table), [str(k) for k in ids])
+        return [None if r is None else _unpack_vector(k, r) for k, r in zip(ids, raw, strict=True)]
+
+    def vector_count(self, table: str) -> int:
+        return int(self.client.hlen(self._k("vec", table)))
+
     def bulk_load(
         self, members: Iterable[Member], posts: Iterable[Post], interactions: np.ndarray
     ) -> None:
@@ -372,6 +398,23 @@ class RedisFeatureStore:
         for pid, delta in zip(*(a.tolist() for a in plan.popularity), strict=True):
             pipe.zincrby(pop_key, delta, _member(pid))
         pipe.execute()
+
+
+_VECTOR_HEADER = struct.Struct("<dH")
+
+
+def _pack_vector(v: StoredVector) -> bytes:
+    space = v.space.encode("utf-8")
+    body = np.asarray(v.vector, dtype="<f4").tobytes()
+    return _VECTOR_HEADER.pack(float(v.updated_at), len(space)) + space + body
+
+
+def _unpack_vector(key: int, raw: bytes) -> StoredVector:
+    updated_at, n = _VECTOR_HEADER.unpack_from(raw)
+    start = _VECTOR_HEADER.size
+    space = raw[start : start + n].decode("utf-8")
+    vector = np.frombuffer(raw[start + n :], dtype="<f4").astype(np.float32)
+    return StoredVector(key, vector, space, updated_at)
 
 
 def _event_from_fields(fields: dict[bytes, bytes]) -> EngagementEvent:

@@ -460,3 +460,33 @@ def test_delete_posts_removes_every_index_entry(store: FeatureStore) -> None:
     assert store.get_counts([2])[0].shares == 0
     assert 2 in store.get_history(1)["post_id"].tolist()  # past engagement stays
     assert store.delete_posts([]) == 0
+
+
+def test_materialized_vectors_round_trip_replace_and_clear(store: FeatureStore) -> None:
+    from feedserve.store.base import StoredVector
+
+    assert store.get_vectors("member_embedding", [1, 2]) == [None, None]
+    assert store.vector_count("member_embedding") == 0
+    v1 = StoredVector(1, np.arange(4, dtype=np.float32), "enc-a", 1_700_000_000.25)
+    v2 = StoredVector(2, np.ones(4, dtype=np.float32), "", 5.0)
+    store.put_vectors("member_embedding", [v1, v2])
+    store.put_vectors("other", [StoredVector(1, np.zeros(2, dtype=np.float32))])
+    got = store.get_vectors("member_embedding", [2, 3, 1])
+    assert got[1] is None
+    assert got[0] is not None and got[2] is not None
+    assert got[2].key == 1 and got[2].space == "enc-a" and got[2].updated_at == 1_700_000_000.25
+    assert got[2].vector.dtype == np.float32
+    np.testing.assert_array_equal(got[2].vector, v1.vector)
+    np.testing.assert_array_equal(got[0].vector, v2.vector)
+    store.put_vectors("member_embedding", [StoredVector(1, np.full(4, 7, np.float32), "b", 9.0)])
+    again = store.get_vectors("member_embedding", [1])[0]
+    assert again is not None and again.space == "b" and float(again.vector[0]) == 7.0
+    assert store.vector_count("member_embedding") == 2 and store.vector_count("other") == 1
+    store.clear()
+    assert store.get_vectors("member_embedding", [1]) == [None]
+
+
+def test_member_ids_lists_profiles(store: FeatureStore) -> None:
+    assert store.member_ids() == []
+    store.put_members([member(12), member(3), member(7)])
+    assert store.member_ids() == [3, 7, 12]
