@@ -623,3 +623,16 @@ def test_load_a_file_that_is_not_text(tmp_path: Path) -> None:
     with pytest.raises(WorkflowError) as info:
         load(path)
     assert info.value.problems[0].startswith("not UTF-8 text")
+
+
+def test_spec_has_a_json_schema_to_embed_in_a_custom_resource() -> None:
+    """A FeedPipeline can carry a workflow: the spec model gives the OpenAPI schema."""
+    from feedserve.workflow.spec import WorkflowSpec
+
+    schema = WorkflowSpec.model_json_schema()
+    assert set(schema["required"]) >= {"name", "inputs", "outputs", "steps"}
+    modes = schema["$defs"]["Mode"]["enum"]
+    assert modes == ["online", "remote", "offline", "nearline", "offline+nearline"]
+    step = schema["$defs"]["StepSpec"]
+    assert step["additionalProperties"] is False
+    assert step["properties"]["timeout_ms"]["anyOf"][0]["minimum"] == 1
