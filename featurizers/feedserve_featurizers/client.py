@@ -27,7 +27,11 @@ class FeaturizerUnavailable(Exception):
 
 class Featurizer(Protocol):
     async def hydrate_member(
-        self, member_id: int, session: hydrate.SessionContext | None, now: int
+        self,
+        member_id: int,
+        session: hydrate.SessionContext | None,
+        now: int,
+        with_prompt: bool = True,
     ) -> dict[str, Any]: ...
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]: ...
@@ -58,11 +62,15 @@ class CeleryFeaturizer:
             raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
 
     async def hydrate_member(
-        self, member_id: int, session: hydrate.SessionContext | None, now: int
+        self,
+        member_id: int,
+        session: hydrate.SessionContext | None,
+        now: int,
+        with_prompt: bool = True,
     ) -> dict[str, Any]:
         payload = session.model_dump() if session else None
         out: dict[str, Any] = await asyncio.to_thread(
-            self._call, "feedserve.hydrate_member", member_id, payload, now
+            self._call, "feedserve.hydrate_member", member_id, payload, now, with_prompt
         )
         return out
 
@@ -111,9 +119,15 @@ class InProcessFeaturizer:
         return cls(hydrate.FeaturizerContext.load(settings, store=store), triton, embedding_log)
 
     async def hydrate_member(
-        self, member_id: int, session: hydrate.SessionContext | None, now: int
+        self,
+        member_id: int,
+        session: hydrate.SessionContext | None,
+        now: int,
+        with_prompt: bool = True,
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(hydrate.hydrate_member, self.ctx, member_id, session, now)
+        return await asyncio.to_thread(
+            hydrate.hydrate_member, self.ctx, member_id, session, now, with_prompt
+        )
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]:
         return await asyncio.to_thread(hydrate.hydrate_candidates, self.ctx, post_ids)

@@ -119,12 +119,18 @@ def member_prompt(ctx: FeaturizerContext, member: Member, history: np.ndarray) -
 
 
 def hydrate_member(
-    ctx: FeaturizerContext, member_id: int, session: SessionContext | None, now: int
+    ctx: FeaturizerContext,
+    member_id: int,
+    session: SessionContext | None,
+    now: int,
+    with_prompt: bool = True,
 ) -> dict[str, object]:
     """Everything the online path needs about one member, from one feature-store visit.
 
     Keys: ``known`` (profile or history exists), ``input_ids`` (member prompt tokens; empty
-    without a profile), the ranker history tensors, ``seen_ids``, ``blocked_author_ids`` and
+    without a profile, or when ``with_prompt`` is false: the member embedding is read from
+    the store, not computed, so the prompt is not rendered), the ranker history tensors,
+    ``seen_ids``, ``blocked_author_ids`` and
     the non-embedding candidate sources ``network_ids`` (posts by connections and followed
     authors), ``popular_ids``, ``fresh_ids``, and ``request_time`` (``now``: the time the
     ranker scores candidates at).
@@ -133,7 +139,7 @@ def hydrate_member(
     member = ctx.store.get_member(member_id)
     history = with_session(ctx.store.get_history(member_id), session, now)
     input_ids = np.zeros(0, dtype=np.int64)
-    if member is not None:
+    if member is not None and with_prompt:
         input_ids = ctx.tokenizer.encode(member_prompt(ctx, member, history))
     seen = set(history["post_id"][-SEEN_WINDOW:].tolist())
     if session is not None:

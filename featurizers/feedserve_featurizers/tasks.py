@@ -33,10 +33,10 @@ def ping() -> str:
 
 @app.task(name="feedserve.hydrate_member")
 def hydrate_member(
-    member_id: int, session: dict[str, object] | None, now: int
+    member_id: int, session: dict[str, object] | None, now: int, with_prompt: bool = True
 ) -> dict[str, object]:
     parsed = hydrate.SessionContext.model_validate(session) if session else None
-    return hydrate.hydrate_member(context(), int(member_id), parsed, int(now))
+    return hydrate.hydrate_member(context(), int(member_id), parsed, int(now), bool(with_prompt))
 
 
 @app.task(name="feedserve.hydrate_candidates")

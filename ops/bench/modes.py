@@ -14,8 +14,9 @@ worker, event consumer, gateway) with the packaged feed workflow changed in one 
   next feed request would use it. Online: the engagements are in the member's stored history
   (the request embeds the prompt built from it). Offline+nearline: that, and the stored
   member embedding was recomputed after the POST. Polled on Redis every 5 ms;
-- **nearline cost**: stack CPU seconds per engagement batch, and the offline job's time for
-  every member (``feedserve run offline embed_member``).
+- **nearline cost**: stack CPU seconds per engagement batch (less what the idle stack spends
+  in the same time, measured before the trials), and the offline job's time for every member
+  (``feedserve run offline embed_member``).
 
 Both modes run in one invocation, one after the other, on the same data and member sample;
 the summary gives the ratios and the engagement rate at which the two cost the same.
@@ -63,6 +64,7 @@ MODES = ("online", "offline+nearline")
 MODELS = ("retrieval_encoder", "post_index", "generative_ranker")
 TABLE = "member_embedding"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+IDLE_WINDOW_S = 2.0
 console = Console()
 
 
@@ -181,7 +183,7 @@ def run_offline_job(stack: Stack) -> dict[str, Any]:
 
 
 def latency_phase(
-    stack: Stack, members: list[int], plan: Plan, progress: Progress
+    stack: Stack, members: list[int], plan: Plan, progress: Progress, idle_rate: float
 ) -> dict[str, Any]:
     def one(client: httpx.Client, member: int) -> tuple[float, bool, str]:
         t0 = time.perf_counter()
@@ -235,14 +237,22 @@ def latency_phase(
             after_ns["retrieval_encoder_requests"] - before_ns["retrieval_encoder_requests"]
         )
         / n,
-        "stack_cpu_ms_per_request": 1000 * (after_cpu - before_cpu) / n,
+        "stack_cpu_ms_per_request": 1000 * (after_cpu - before_cpu - idle_rate * wall) / n,
         "embed_member_status": statuses,
     }
 
 
+def idle_cpu_rate(stack: Stack) -> float:
+    """CPU seconds per second the idle stack spends (pollers, log tails): taken off every
+    CPU measurement, so that a longer phase is not charged for more idling."""
+    idle0, w0 = cpu_seconds(stack_pids(stack)), time.perf_counter()
+    time.sleep(IDLE_WINDOW_S)
+    return (cpu_seconds(stack_pids(stack)) - idle0) / (time.perf_counter() - w0)
+
+
 def freshness_phase(
     stack: Stack, store: FeatureStore, members: list[int], posts: list[int], mode: str,
-    plan: Plan, progress: Progress,
+    plan: Plan, progress: Progress, idle_rate: float,
 ) -> dict[str, Any]:  # fmt: skip
     nearline = mode != "online"
     seconds: list[float] = []
@@ -255,7 +265,7 @@ def freshness_phase(
             fresh = [p for p in posts if p not in seen][trial * 3 : trial * 3 + 3]
             if store.get_vectors(TABLE, [member])[0] is None and nearline:
                 client.post("/v1/feed", json={"member_id": member})  # computed on the miss
-            cpu0 = cpu_seconds(stack_pids(stack))
+            cpu0, w0 = cpu_seconds(stack_pids(stack)), time.perf_counter()
             t0 = time.time()
             events = [{"member_id": member, "post_id": p, "action": "comment"} for p in fresh]
             resp = client.post("/v1/events", json={"events": events})
@@ -275,7 +285,8 @@ def freshness_phase(
             seconds.append(time.time() - t0)
             # let the consumer finish the batch (ack) before reading its CPU
             time.sleep(0.2)
-            cpu.append(cpu_seconds(stack_pids(stack)) - cpu0)
+            window = time.perf_counter() - w0
+            cpu.append(cpu_seconds(stack_pids(stack)) - cpu0 - idle_rate * window)
             progress.advance(task)
     return {
         "trials": plan.trials,
@@ -302,9 +313,11 @@ def measure_mode(
         if mode != "online":
             row["offline_job"] = run_offline_job(stack)
             console.print(f"  offline job: {row['offline_job']}")
-        row.update(latency_phase(stack, members, plan, progress))
+        idle = idle_cpu_rate(stack)
+        row["idle_stack_cpu_ms_per_s"] = 1000 * idle
+        row.update(latency_phase(stack, members, plan, progress, idle))
         fresh_members = members[len(members) // 2 :] or members
-        row.update(freshness_phase(stack, store, fresh_members, posts, mode, plan, progress))
+        row.update(freshness_phase(stack, store, fresh_members, posts, mode, plan, progress, idle))
         return row
     finally:
         stack.stop()

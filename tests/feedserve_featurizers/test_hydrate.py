@@ -149,6 +149,20 @@ def test_known_member(world: World) -> None:
     assert fresh.tolist() == world.store.recent_posts(settings.fresh_candidates)
 
 
+def test_without_the_prompt_everything_else_is_the_same(world: World) -> None:
+    """The member embedding read from the store: the request does not render the prompt."""
+    member = engaged_member(world)
+    full = hydrate_member(world.ctx, member.member_id, None, world.now)
+    lean = hydrate_member(world.ctx, member.member_id, None, world.now, with_prompt=False)
+    lean_ids = lean.pop("input_ids")
+    assert isinstance(lean_ids, np.ndarray) and lean_ids.size == 0
+    assert lean_ids.dtype == WIRE_DTYPES["input_ids"]
+    full.pop("input_ids")
+    assert full.keys() == lean.keys()
+    for key, value in full.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(lean[key]), err_msg=key)
+
+
 def test_network_candidates_come_from_connections_and_follows(world: World) -> None:
     member = next(m for m in world.ds.members if m.connections and m.follows)
     out = hydrate_member(world.ctx, member.member_id, None, world.now)

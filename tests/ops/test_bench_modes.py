@@ -37,7 +37,8 @@ def test_modes_quick(bench: Bench, built: Any, tmp_path: Path) -> None:
     # the defining difference: the online mode runs the encoder in every request, the
     # precomputed mode reads the stored embedding (the offline job covered every member)
     assert online["encoder_calls_per_request"] == pytest.approx(1.0)
-    assert pre["encoder_calls_per_request"] == 0.0
+    # (the gateway asks the encoder for its embedding space at most every 30 s)
+    assert pre["encoder_calls_per_request"] < 0.1
     assert set(online["embed_member_status"]) == {"ok"}
     assert set(pre["embed_member_status"]) == {"stored"}
     assert pre["offline_job"]["members"] > 0

@@ -39,7 +39,7 @@ from feedserve.store.base import (
     FeatureStore,
 )
 from feedserve.triton_client import InferenceClient
-from feedserve.workflow.ops import FeedConfig, OpContext
+from feedserve.workflow.ops import EncoderSpace, FeedConfig, OpContext
 from feedserve.workflow.runner import RemoteClients, Runner, RunResult
 from feedserve.workflow.spec import Workflow, WorkflowError, load_default
 from feedserve_featurizers.client import Featurizer
@@ -90,7 +90,7 @@ class FeedService:
         """New and edited posts are indexed within seconds unless the workflow declares the
         post embeddings offline only (then the next `feedserve index build` picks them up)."""
         self.remote = RemoteClients(remote_timeout_s)
-        ctx = OpContext(featurizer, triton, store, config, self.remote)
+        ctx = OpContext(featurizer, triton, store, config, self.remote, EncoderSpace(triton))
         self.runner = Runner(self.workflow, ctx, self._observe)
 
     def _observe(self, stage: str, seconds: float) -> None:

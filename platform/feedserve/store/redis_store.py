@@ -453,9 +453,11 @@ class RedisEventLog:
                 raise
 
     def append(self, events: Sequence[EngagementEvent]) -> None:
+        """One call's events are added in one MULTI/EXEC: they become visible together, so a
+        consumer applies (and refreshes nearline state for) them as one batch."""
         if not events:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         for ev in events:
             pipe.xadd(self.key, {"e": ev.model_dump_json()})
         pipe.execute()

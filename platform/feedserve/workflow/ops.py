@@ -11,7 +11,8 @@ Runtime representations of the value types (``spec.VALUE_TYPES``):
 MemberId, Count         ``int``
 Session                 ``SessionContext | None``
 Timestamp               ``int`` (unix seconds)
-MemberFeatures          the featurizer's dict (``hydrate.hydrate_member``)
+MemberFeatures          the featurizer's dict (``hydrate.hydrate_member``), prompt removed
+PromptTokens            ``np.ndarray`` of token ids (empty: no profile)
 Embedding               ``Vec | None``
 PostIndex               ``ModelHeld`` (a handle: the vectors live in the post_index model)
 Candidates              ``list[tuple[int, float]]``
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,6 +79,40 @@ class OpContext:
     config: FeedConfig = field(default_factory=FeedConfig)
     remote: Callable[[str], OipV2Client] | None = None
     """Returns the client for a remote endpoint URL (``runner.RemoteClients``)."""
+    encoder_space: Callable[[], Awaitable[str | None]] | None = None
+    """The serving encoder's embedding space now (``EncoderSpace``): a stored embedding from
+    another space (made before an encoder release) is treated as missing."""
+
+
+class EncoderSpace:
+    """Asks the serving retrieval encoder for its embedding space, at most every ``ttl_s``."""
+
+    PROBE = np.array([101, 102], dtype=np.int64)  # [CLS] [SEP]: the smallest prompt
+
+    def __init__(self, triton: InferenceClient, ttl_s: float = 30.0) -> None:
+        self.triton = triton
+        self.ttl_s = ttl_s
+        self._space: str | None = None
+        self._at = -float("inf")
+
+    async def __call__(self) -> str | None:
+        now = time.monotonic()
+        if now - self._at >= self.ttl_s:
+            self._at = now  # one probe per period, even when it fails
+            with suppress(TritonError):  # down: keep the last known space, retry next period
+                _, self._space = await self.triton.embed_ids_tagged(self.PROBE, timeout_s=2.0)
+        return self._space
+
+
+WANTED: ContextVar[frozenset[str] | None] = ContextVar("feedserve_wanted_outputs", default=None)
+"""The outputs of the running step that this run consumes (set by the runner per step)."""
+
+
+def wanted(output: str) -> bool:
+    """Whether the running step's ``output`` is consumed in this run: an op may skip work
+    for outputs nobody reads (e.g. the member prompt when the embedding is read, not made)."""
+    outputs = WANTED.get()
+    return outputs is None or output in outputs
 
 
 Inputs = Mapping[str, Any]
@@ -92,8 +129,10 @@ class RemoteAdapter:
     default_model: str
     outputs: tuple[str, ...]
     """Response tensors to ask for."""
-    shortcut: Callable[[Inputs], Outputs | None] = lambda _inp: None
-    """Outputs known without a call (nothing to embed, nothing to rank), else None."""
+
+
+def _no_shortcut(_inp: Inputs) -> Outputs | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,11 @@ class Op:
     signature: OpSignature
     run: Impl
     remote: RemoteAdapter | None = None
+    shortcut: Callable[[Inputs], Outputs | None] = _no_shortcut
+    """Outputs known without running the op, local or remote (nothing to embed, nothing to
+    rank), else None."""
+    encoder_space: bool = False
+    """Its stored outputs are in the retrieval encoder's space (checked on every read)."""
 
 
 OPS: dict[str, Op] = {}
@@ -115,13 +159,15 @@ def op(
     variadic: str = "",
     optional: frozenset[str] = frozenset(),
     remote: RemoteAdapter | None = None,
+    shortcut: Callable[[Inputs], Outputs | None] = _no_shortcut,
+    encoder_space: bool = False,
 ) -> Callable[[Impl], Impl]:
     def register(fn: Impl) -> Impl:
         sig = OpSignature(
             name, dict(inputs), dict(outputs), modes, description, variadic, optional,
             remote is not None,
         )  # fmt: skip
-        OPS[name] = Op(sig, fn, remote)
+        OPS[name] = Op(sig, fn, remote, shortcut, encoder_space)
         return fn
 
     return register
@@ -137,25 +183,31 @@ def _np(member: Inputs, key: str, dtype: type = np.int64) -> np.ndarray:
 @op(
     "hydrate_member",
     {"member_id": "MemberId", "session_context": "Session", "now": "Timestamp"},
-    {"member": "MemberFeatures"},
+    {"member": "MemberFeatures", "member_prompt": "PromptTokens"},
     modes=ALL_MODES,
-    description="featurizer pool: profile, history, prompt tokens, ranker tensors",
+    description="featurizer pool: profile, history, ranker tensors, candidate ids, and the "
+    "member prompt's tokens when this run needs them",
     optional=frozenset({"session_context"}),
 )
 async def hydrate_member(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
     session = inp.get("session_context")
-    member = await ctx.featurizer.hydrate_member(int(inp["member_id"]), session, int(inp["now"]))
-    return {"member": member}
+    member = dict(
+        await ctx.featurizer.hydrate_member(
+            int(inp["member_id"]), session, int(inp["now"]), with_prompt=wanted("member_prompt")
+        )
+    )
+    prompt = np.asarray(member.pop("input_ids", np.zeros(0)), dtype=np.int64)
+    return {"member": member, "member_prompt": prompt}
 
 
 def _embed_shortcut(inp: Inputs) -> Outputs | None:
-    if not len(_np(inp["member"], "input_ids")):  # no profile: nothing to embed
+    if not len(inp["member_prompt"]):  # no profile: nothing to embed
         return {"member_embedding": None}
     return None
 
 
 def _embed_tensors(inp: Inputs) -> dict[str, np.ndarray]:
-    return {"input_ids": _np(inp["member"], "input_ids")}
+    return {"input_ids": np.asarray(inp["member_prompt"], dtype=np.int64)}
 
 
 def _embed_result(inp: Inputs, out: Mapping[str, np.ndarray]) -> Outputs:
@@ -167,23 +219,16 @@ def _embed_result(inp: Inputs, out: Mapping[str, np.ndarray]) -> Outputs:
 
 @op(
     "embed_member",
-    {"member": "MemberFeatures"},
+    {"member_prompt": "PromptTokens"},
     {"member_embedding": "Embedding"},
     modes=ALL_MODES,
     description="retrieval_encoder: the member prompt as one embedding",
-    remote=RemoteAdapter(
-        _embed_tensors,
-        _embed_result,
-        RETRIEVAL_ENCODER.name,
-        ("embedding",),
-        lambda inp: _embed_shortcut(inp),
-    ),
+    remote=RemoteAdapter(_embed_tensors, _embed_result, RETRIEVAL_ENCODER.name, ("embedding",)),
+    shortcut=lambda inp: _embed_shortcut(inp),
+    encoder_space=True,
 )
 async def embed_member(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
-    known = _embed_shortcut(inp)
-    if known is not None:
-        return known
-    input_ids = _np(inp["member"], "input_ids")
+    input_ids = np.asarray(inp["member_prompt"], dtype=np.int64)
     vector, space = await ctx.triton.embed_ids_tagged(input_ids, timeout_s=timeout_s)
     return {"member_embedding": Vec(np.asarray(vector, np.float32), space, time.time())}
 
@@ -350,18 +395,10 @@ def _ordered(candidates: list[rules.Candidate], scores: np.ndarray) -> list[rule
     {"ranked": "CandidateSet"},
     description="generative_ranker: candidates scored against the member's history "
     "(cold-start members: popularity order)",
-    remote=RemoteAdapter(
-        _rank_tensors,
-        _rank_result,
-        GENERATIVE_RANKER.name,
-        ("scores",),
-        lambda inp: _rank_shortcut(inp),
-    ),
+    remote=RemoteAdapter(_rank_tensors, _rank_result, GENERATIVE_RANKER.name, ("scores",)),
+    shortcut=lambda inp: _rank_shortcut(inp),
 )
 async def rank(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
-    known = _rank_shortcut(inp)
-    if known is not None:
-        return known
     member = inp["member"]
     candidates: list[rules.Candidate] = inp["eligible"]
     ids = np.array([c.post_id for c in candidates], dtype=np.int64)

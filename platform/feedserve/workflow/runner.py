@@ -22,12 +22,21 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from feedserve.store.base import StoredVector
 from feedserve.triton_client import OipV2Client
-from feedserve.workflow.ops import OPS, ModelHeld, Op, OpContext, Outputs, Vec, empty_value
+from feedserve.workflow.ops import (
+    OPS,
+    WANTED,
+    ModelHeld,
+    Op,
+    OpContext,
+    Outputs,
+    Vec,
+    empty_value,
+)
 from feedserve.workflow.spec import VALUE_TYPES, StepSpec, Workflow
 
 log = logging.getLogger(__name__)
@@ -100,6 +109,8 @@ class _Run:
         self.compute = compute
         self.fallbacks = fallbacks
         self.tasks: dict[str, asyncio.Task[Outputs]] = {}
+        self.demand: frozenset[str] = frozenset()
+        """Values some step of this run (or its caller) consumes."""
         self.degraded: list[str] = []
         self.trace: list[StepTrace] = []
 
@@ -158,7 +169,14 @@ class Runner:
             inputs, None if math.isinf(deadline_s) else deadline_s, frozenset(compute), fallbacks
         )
         try:
-            for name in self.required(targets, st.compute):
+            required = self.required(targets, st.compute)
+            demand = set(targets)
+            for name in required:
+                step = self.wf.step(name)
+                if step.mode.in_request or name in st.compute:
+                    demand.update(step.inputs)
+            st.demand = frozenset(demand)
+            for name in required:
                 self._task(name, st)
             values = {v: await self._value(v, st) for v in targets}
             computed: dict[str, Any] = {}
@@ -191,6 +209,7 @@ class Runner:
         step = self.wf.step(name)
         t0 = time.perf_counter()
         status, detail = "ok", ""
+        WANTED.set(frozenset(o for o in step.outputs if o in st.demand))  # this task only
         try:
             if step.mode.materialized and name not in st.compute:
                 out, status, detail = await self._read(step, st)
@@ -243,14 +262,14 @@ class Runner:
 
     async def _call(self, step: StepSpec, inp: Mapping[str, Any], timeout: float) -> Outputs:
         impl = self.ops[step.op_name]
+        known = impl.shortcut(inp)
+        if known is not None:
+            return known
         if step.remote is None or step.mode.value != "remote":
             return await impl.run(self.ctx, inp, timeout)
         adapter = impl.remote
         if adapter is None or self.ctx.remote is None:
             raise RuntimeError(f"step {step.name!r}: no remote client configured")
-        known = adapter.shortcut(inp)
-        if known is not None:
-            return known
         client = self.ctx.remote(step.remote.url)
         tensors = await client.infer(
             step.remote.model or adapter.default_model,
@@ -285,20 +304,48 @@ class Runner:
                 raise
             st.degraded.append(f"{step.name} fell back: store read failed: {_describe(exc)}")
             return await self._read_fallback(step, st), "fallback", _describe(exc)
-        if all(r is not None for r in rows.values()):
-            for o, r in rows.items():
-                assert r is not None
+        found = {o: r for o, r in rows.items() if r is not None}
+        if len(found) == len(rows) and not await self._stale(step, found):
+            for o, r in found.items():
                 out[o] = Vec(r.vector, r.space, r.updated_at)
             return out, "stored", ""
         if step.on_miss == "fallback":
             reason = f"{step.name} fell back: nothing stored for {step.key}={key}"
             st.degraded.append(reason)
             return await self._read_fallback(step, st), "fallback", reason
-        computed, status, detail = await self._execute(step, st)
-        if status == "ok":
-            await asyncio.to_thread(self._store, step, key, computed)
-            status = "computed-on-miss"
-        return computed, status, detail
+        return await self._compute_miss(step, key, st)
+
+    async def _compute_miss(self, step: StepSpec, key: int, st: _Run) -> tuple[Outputs, str, str]:
+        """Compute a stored step the request found missing, with what it needs upstream, as a
+        run of its own (the request's steps did not prepare its inputs, e.g. the member
+        prompt), then store the result for the next request."""
+        left = st.deadline - time.monotonic()
+        sub = await self.run(
+            st.inputs,
+            deadline_s=math.inf if math.isinf(st.total) else max(left, 0.0),
+            targets=list(step.outputs),
+            compute={step.name},
+            fallbacks=st.fallbacks,
+        )
+        st.trace += [
+            replace(t, detail=f"miss of {step.name}" + (f": {t.detail}" if t.detail else ""))
+            for t in sub.trace
+            if t.step != step.name
+        ]
+        st.degraded += sub.degraded
+        own = next((t for t in sub.trace if t.step == step.name), None)
+        if own is not None and own.status == "ok":
+            await asyncio.to_thread(self._store, step, key, sub.values)
+            return sub.values, "computed-on-miss", ""
+        return sub.values, own.status if own else "failed", own.detail if own else ""
+
+    async def _stale(self, step: StepSpec, rows: Mapping[str, StoredVector]) -> bool:
+        """Stored in another embedding space than the serving encoder's (an encoder was
+        released since): such a value counts as missing."""
+        if not self.ops[step.op_name].encoder_space or self.ctx.encoder_space is None:
+            return False
+        current = await self.ctx.encoder_space()
+        return bool(current) and any(r.space and r.space != current for r in rows.values())
 
     async def _read_fallback(self, step: StepSpec, st: _Run) -> Outputs:
         """The fallback of a read: a fallback may pass one of the step's inputs through."""

@@ -88,6 +88,7 @@ VALUE_TYPES: dict[str, ValueType] = {
             "a hydrated member: prompt token ids, ranker history tensors, seen and blocked "
             "ids, network/popular/fresh candidate ids",
         ),
+        ValueType("PromptTokens", "token ids of the member prompt (empty without a profile)"),
         ValueType("Embedding", "a float32 vector (none when there is nothing to embed)", True),
         ValueType(
             "PostIndex",

@@ -40,7 +40,9 @@ class FakeFeaturizer:
         self.blocked = list(blocked)
         self.indexed: list[int] = []
 
-    async def hydrate_member(self, member_id: int, session: Any, now: int) -> dict[str, Any]:
+    async def hydrate_member(
+        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+    ) -> dict[str, Any]:
         if self.down:
             raise FeaturizerUnavailable("no worker answered")
         ids = np.arange(1, 5, dtype=np.int64) if self.known else np.zeros(0, np.int64)

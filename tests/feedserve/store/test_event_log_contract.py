@@ -161,3 +161,30 @@ def test_concurrent_consumers_no_loss_no_duplicates(make_event_log: EventLogFact
             t.join(timeout=10)
     assert sorted(delivered) == sorted(e.event_id for e in evs)
     assert len(delivered) == len(set(delivered))
+
+
+def test_one_append_is_consumed_as_one_batch(event_log: EventLog) -> None:
+    """A blocked consumer never wakes to half of an append: one request's events are applied
+    (and refresh nearline state) together."""
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def consumer() -> None:
+        while not stop.is_set():
+            got = event_log.consume("batcher", count=256, block_ms=100)
+            if got:
+                sizes.append(len(got))
+                event_log.ack([d for d, _ in got])
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    try:
+        for round_ in range(12):
+            before = sum(sizes)
+            event_log.append(events(5, tag=f"r{round_}"))
+            poll(lambda before=before: sum(sizes) >= before + 5)  # type: ignore[misc]
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert sum(sizes) == 60
+    assert all(n % 5 == 0 for n in sizes), sizes

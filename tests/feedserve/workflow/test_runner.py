@@ -606,16 +606,22 @@ AUTHORS = {p: 100 + p % 7 for p in range(1, 61)}
 class FakeFeaturizer:
     def __init__(self, no_profile: frozenset[int] = frozenset()) -> None:
         self.members: list[int] = []
+        self.with_prompt: list[bool] = []
         self.no_profile = no_profile
 
-    async def hydrate_member(self, member_id: int, session: Any, now: int) -> dict[str, Any]:
+    async def hydrate_member(
+        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+    ) -> dict[str, Any]:
         self.members.append(member_id)
+        self.with_prompt.append(with_prompt)
         known = member_id not in self.no_profile
         hist = np.zeros(8, dtype=np.int64)
         return {
             "member_id": member_id,
             "known": known,
-            "input_ids": np.arange(1, 5, dtype=np.int64) if known else np.zeros(0, np.int64),
+            "input_ids": np.arange(1, 5, dtype=np.int64)
+            if known and with_prompt
+            else np.zeros(0, np.int64),
             "seen_ids": np.array([1, 2], dtype=np.int64),
             "blocked_author_ids": np.zeros(0, dtype=np.int64),
             "network_ids": np.array([30, 31], dtype=np.int64),
@@ -715,8 +721,10 @@ def feed_targets(wf: Workflow) -> list[str]:
 def test_default_workflow_online_computes_the_embedding() -> None:
     wf = load_default()
     store = MemoryFeatureStore()
-    runner, triton = feed_runner(wf, store)
+    featurizer = FakeFeaturizer()
+    runner, triton = feed_runner(wf, store, featurizer)
     result = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
+    assert featurizer.with_prompt == [True]  # this request embeds the member's prompt
     st = statuses(result)
     assert st["embed_member"] == "ok"
     assert st["embed_posts"] == "held-by-model"
@@ -734,9 +742,11 @@ def test_default_workflow_reads_a_stored_member_embedding() -> None:
     store = MemoryFeatureStore()
     stored = np.full(4, 0.25, np.float32)
     store.put_vectors("member_embedding", [StoredVector(7, stored, "space-s", 111.0)])
-    runner, triton = feed_runner(wf, store)
+    featurizer = FakeFeaturizer()
+    runner, triton = feed_runner(wf, store, featurizer)
     result = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
     assert triton.embeds == 0  # embed_ids_tagged never called
+    assert featurizer.with_prompt == [False]  # and the prompt was not even rendered
     assert statuses(result)["embed_member"] == "stored"
     assert result.as_of() == {"member_embedding": 111.0}
     ebr_queries = [q for q in triton.queries if q is not None]
@@ -750,10 +760,14 @@ def test_default_workflow_reads_a_stored_member_embedding() -> None:
 def test_default_workflow_computes_a_missing_member_embedding() -> None:
     wf = load_default().with_mode("embed_member", Mode.offline_nearline)
     store = MemoryFeatureStore()
-    runner, triton = feed_runner(wf, store)
+    featurizer = FakeFeaturizer()
+    runner, triton = feed_runner(wf, store, featurizer)
     first = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
     assert statuses(first)["embed_member"] == "computed-on-miss"
     assert triton.embeds == 1
+    # the request hydrated without the prompt; the miss hydrated again, with it
+    assert sorted(featurizer.with_prompt) == [False, True]
+    assert any(t.detail.startswith("miss of embed_member") for t in first.trace)
     assert first.degraded == []
     row = store.get_vectors("member_embedding", [7])[0]
     assert row is not None and row.space == "space-a"
@@ -762,6 +776,7 @@ def test_default_workflow_computes_a_missing_member_embedding() -> None:
     second = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
     assert statuses(second)["embed_member"] == "stored"
     assert triton.embeds == 1
+    assert featurizer.with_prompt[2:] == [False]
     assert second.values["page"] == first.values["page"]
 
 
@@ -777,6 +792,7 @@ def test_default_workflow_batch_computes_member_embeddings() -> None:
     report = asyncio.run(main())
     assert (report.done, report.failed, report.stored) == (3, 0, 2)  # 3 has nothing to embed
     assert sorted(featurizer.members) == [1, 2, 3]
+    assert featurizer.with_prompt == [True, True, True]
     assert triton.embeds == 2
     assert triton.ranked == [] and triton.queries == []  # nothing downstream ran
     assert store.vector_count("member_embedding") == 2
@@ -831,3 +847,24 @@ def test_materialized_miss_falls_back_to_its_input(on_miss: str) -> None:
     emb2 = result.values["emb2"]
     assert isinstance(emb2, Vec) and emb2.space == "online"
     assert len(result.degraded) == 1 and result.degraded[0].startswith("refine fell back")
+
+
+def test_a_stored_embedding_from_another_encoder_space_counts_as_missing() -> None:
+    """After an encoder release the stored member embeddings are from the old space: each is
+    recomputed on its next request (and stored in the new space), never mixed with the new
+    index."""
+    from feedserve.workflow.ops import EncoderSpace
+
+    wf = load_default().with_mode("embed_member", Mode.offline_nearline)
+    store = MemoryFeatureStore()
+    store.put_vectors("member_embedding", [StoredVector(7, np.zeros(4, np.float32), "old", 1.0)])
+    runner, triton = feed_runner(wf, store)
+    runner.ctx.encoder_space = EncoderSpace(cast(InferenceClient, triton), ttl_s=3600)
+    first = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
+    assert statuses(first)["embed_member"] == "computed-on-miss"
+    assert triton.embeds == 2  # the space probe, then the member
+    row = store.get_vectors("member_embedding", [7])[0]
+    assert row is not None and row.space == "space-a"
+    second = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
+    assert statuses(second)["embed_member"] == "stored"
+    assert triton.embeds == 2  # the probe is cached for ttl_s
