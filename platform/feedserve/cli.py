@@ -129,6 +129,10 @@ def up(
         typer.Option(help="Redis URL; default: redis://127.0.0.1:6379/0 if it answers, else none"),
     ] = None,
     embedded: Annotated[bool, typer.Option(help="no Redis: in-process featurizer")] = False,
+    workflow: Annotated[
+        Path | None,
+        typer.Option(help="feed workflow file (default: FEEDSERVE_WORKFLOW or feed.yaml)"),
+    ] = None,
 ) -> None:
     """Start tritonserver, the featurizer pool and the gateway; Ctrl-C stops them all."""
     from feedserve.launcher import Ports, Stack, load_dataset
@@ -142,6 +146,11 @@ def up(
         if not path.is_file():
             raise CLIError(f"no {what} at {path.parent}: run `make run` or `feedserve build` first")
     base = LauncherSettings()
+    if workflow is not None:
+        from feedserve.workflow.spec import load
+
+        load(workflow)  # invalid: a clear error now, not a gateway that fails to start
+        base = base.model_copy(update={"workflow": workflow.resolve()})
     url = "" if embedded else (redis_url or base.redis_url or "redis://127.0.0.1:6379/0")
     if url and not redis_answers(url):
         if redis_url:
