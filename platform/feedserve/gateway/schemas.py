@@ -57,8 +57,9 @@ class StepRun(BaseModel):
         description="ok | fallback | stored (read a precomputed value) | computed-on-miss | "
         "held-by-model | failed"
     )
-    ms: float
+    ms: float = Field(description="the step's own time, once its inputs were ready")
     detail: str = ""
+    start_ms: float = Field(default=0.0, description="when it started, from the request start")
 
 
 class FeedExplain(BaseModel):

@@ -53,7 +53,10 @@ class StepTrace:
     """ok | fallback | stored (read a materialized value) | computed-on-miss | held-by-model |
     failed"""
     ms: float
+    """The step's own time: from when its inputs were ready to when it finished."""
     detail: str = ""
+    start_ms: float = 0.0
+    """When its inputs were ready, from the start of the run."""
 
 
 @dataclass
@@ -104,6 +107,9 @@ class _Run:
     ) -> None:
         self.inputs = inputs
         self.start = time.monotonic()
+        self.start_perf = time.perf_counter()
+        self.began: dict[str, float] = {}
+        """perf_counter() at which each step had its inputs and started its own work."""
         self.total = math.inf if deadline_s is None else deadline_s
         self.deadline = self.start + self.total
         self.compute = compute
@@ -223,8 +229,12 @@ class Runner:
             status, detail = "failed", _describe(exc)
             raise
         finally:
-            seconds = time.perf_counter() - t0
-            st.trace.append(StepTrace(name, step.mode.value, status, seconds * 1000, detail))
+            began = st.began.get(name, t0)
+            seconds = time.perf_counter() - began
+            start_ms = (began - st.start_perf) * 1000
+            st.trace.append(
+                StepTrace(name, step.mode.value, status, seconds * 1000, detail, start_ms)
+            )
             if self.observe is not None and status not in ("cancelled", "held-by-model"):
                 self.observe(step.stage_name, seconds)
 
@@ -240,6 +250,7 @@ class Runner:
         inp = {v: await self._value(v, st) for v in step.inputs}
         for a in step.after:
             await self._task(a, st)
+        st.began.setdefault(step.name, time.perf_counter())
         return inp
 
     async def _execute(self, step: StepSpec, st: _Run) -> tuple[Outputs, str, str]:
@@ -296,6 +307,7 @@ class Runner:
         if not stored:
             return out, "held-by-model", ""
         key = int(await self._value(step.key, st))
+        st.began[step.name] = time.perf_counter()
         timeout = self._timeout(step, st)
         try:
             rows = await asyncio.wait_for(asyncio.to_thread(self._load, list(stored), key), timeout)

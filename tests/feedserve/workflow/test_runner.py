@@ -868,3 +868,40 @@ def test_a_stored_embedding_from_another_encoder_space_counts_as_missing() -> No
     second = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
     assert statuses(second)["embed_member"] == "stored"
     assert triton.embeds == 2  # the probe is cached for ttl_s
+
+
+def test_trace_times_each_step_from_when_its_inputs_were_ready() -> None:
+    """A consumer's own time excludes the wait for its producer (the stage metrics and
+    `explain` break latency down by step, not cumulatively)."""
+    work_s = 0.05
+
+    async def slow(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
+        await asyncio.sleep(work_s)  # the op's own work, simulated
+        return {"a": 1}
+
+    async def fast(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
+        return {"b": inp["a"] + 1}
+
+    sigs = {
+        "slow": OpSignature("slow", {}, {"a": "Count"}, frozenset({Mode.online})),
+        "fast": OpSignature("fast", {"a": "Count"}, {"b": "Count"}, frozenset({Mode.online})),
+    }
+    ops = {"slow": Op(sigs["slow"], slow), "fast": Op(sigs["fast"], fast)}
+    spec = parse(
+        {
+            "name": "w",
+            "inputs": {"x": "MemberId"},
+            "outputs": ["b"],
+            "steps": [
+                {"name": "slow", "outputs": {"a": "Count"}},
+                {"name": "fast", "inputs": {"a": "Count"}, "outputs": {"b": "Count"}},
+            ],
+        }
+    )
+    runner = Runner(check(spec, signatures=sigs), cast(OpContext, None), ops=ops)
+    result = guarded(runner.run({"x": 1}, deadline_s=10.0))
+    trace = {t.step: t for t in result.trace}
+    assert result.values == {"b": 2}
+    assert trace["slow"].ms >= work_s * 1000 * 0.9
+    assert trace["fast"].start_ms >= trace["slow"].ms * 0.9  # it began once `a` was ready
+    assert trace["fast"].ms < work_s * 1000 / 2  # its own time, not the wait for `slow`
