@@ -1,0 +1,165 @@
+"""Pure reconcile logic: what to create, patch and delete, pool status and conditions.
+
+No I/O here: ``handlers`` reads the live objects through ``kube``, calls these functions,
+and writes what they decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedserve_operator.spec import Condition, FeedPipelineSpec, PoolStatus
+
+Key = tuple[str, str, str]
+"""(kind, namespace, name) of an object."""
+
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "feedserve-operator")
+POOLS = ("featurizer", "inference", "gateway")
+"""Component labels of the three Deployments the status reports on."""
+
+
+def key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata", {})
+    return (str(obj.get("kind")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Every field of ``desired`` has the same value in ``live`` (maps compared key by key,
+    lists and scalars exactly). Fields the API server adds (defaults, status) are ignored."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and is_subset(v, live[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
+        )
+    return bool(desired == live)
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[Key] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changes(self) -> int:
+        return len(self.create) + len(self.patch) + len(self.delete)
+
+
+def plan(
+    desired: Sequence[Mapping[str, Any]],
+    live: Mapping[Key, Mapping[str, Any] | None],
+    owned: Sequence[Mapping[str, Any]] = (),
+) -> Plan:
+    """Create what is missing, patch what drifted, delete what we own but no longer want
+    (``owned``: live objects carrying this pipeline's instance label)."""
+    out = Plan()
+    wanted = {key(d) for d in desired}
+    for obj in desired:
+        current = live.get(key(obj))
+        if current is None:
+            out.create.append(dict(obj))
+        elif not is_subset(_comparable(obj), current):
+            out.patch.append(dict(obj))
+        else:
+            out.unchanged += 1
+    out.delete = sorted({key(o) for o in owned} - wanted)
+    return out
+
+
+def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a desired object must match the live one (its metadata: labels,
+    annotations and owner references only)."""
+    meta = obj.get("metadata", {})
+    keep = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+    return {**{k: v for k, v in obj.items() if k != "metadata"}, "metadata": keep}
+
+
+def kept_replicas(
+    spec: FeedPipelineSpec, live_deployments: Sequence[Mapping[str, Any]]
+) -> dict[str, int]:
+    """Replicas per pool that a reconcile keeps: what the autoscaler (or HPA) last set,
+    clamped to the spec's bounds; the lower bound for a pool not created yet."""
+    bounds = {
+        "featurizer": (spec.featurizers.replicas.min, spec.featurizers.replicas.max),
+        "inference": (spec.inference.replicas.min, spec.inference.replicas.max),
+        "gateway": (spec.gateway.replicas, spec.gateway.replicas),
+    }
+    current = {
+        d.get("metadata", {}).get("labels", {}).get(COMPONENT_LABEL): d.get("spec", {}).get(
+            "replicas"
+        )
+        for d in live_deployments
+    }
+    out = {}
+    for pool, (lo, hi) in bounds.items():
+        now = current.get(pool)
+        out[pool] = lo if not isinstance(now, int) else min(max(now, lo), hi)
+    return out
+
+
+def pool_status(live_deployments: Sequence[Mapping[str, Any]]) -> dict[str, PoolStatus]:
+    """Desired and ready replicas of each pool's Deployment."""
+    out = {pool: PoolStatus() for pool in POOLS}
+    for d in live_deployments:
+        pool = d.get("metadata", {}).get("labels", {}).get(COMPONENT_LABEL)
+        if pool in out:
+            out[pool] = PoolStatus(
+                desired=int(d.get("spec", {}).get("replicas") or 0),
+                ready=int((d.get("status") or {}).get("readyReplicas") or 0),
+            )
+    return out
+
+
+def conditions(
+    pools: Mapping[str, PoolStatus],
+    generation: int,
+    previous: Sequence[Condition],
+    now: str,
+    error: str = "",
+) -> list[Condition]:
+    """Ready / Progressing / Degraded, each with a reason; a condition keeps its
+    lastTransitionTime while its status does not change."""
+    not_ready = [p for p, s in pools.items() if s.ready < s.desired or s.desired == 0]
+    rolling = [p for p, s in pools.items() if s.ready != s.desired]
+    if error:
+        ready = ("False", "ReconcileFailed", error)
+    elif not_ready:
+        ready = ("False", "PoolsNotReady", "not ready: " + ", ".join(sorted(not_ready)))
+    else:
+        ready = ("True", "AllPoolsReady", "every pool has its desired replicas ready")
+    progressing = (
+        ("True", "Scaling", "waiting for " + ", ".join(sorted(rolling)))
+        if rolling and not error
+        else ("False", "Stable", "")
+    )
+    degraded = ("True", "ReconcileFailed", error) if error else ("False", "Healthy", "")
+    before: dict[str, Condition] = {str(c.type): c for c in previous}
+    out = []
+    for ctype, (status, reason, message) in (
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ):
+        old = before.get(ctype)
+        since = old.last_transition_time if old is not None and old.status == status else now
+        out.append(
+            Condition(
+                type=ctype,
+                status=status,
+                reason=reason,
+                message=message[:2048],
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    return out
