@@ -136,7 +136,7 @@ class AsyncTritonClient:
     ) -> tuple[np.ndarray, str]:
         """The embedding and the fingerprint of the encoder (embedding space) that made it."""
         out = await self._infer(RETRIEVAL_ENCODER, {"input_ids": input_ids}, timeout_s)
-        return out["embedding"], _text(out["space"])
+        return out["embedding"], tensor_text(out["space"])
 
     async def embed_text(self, text: str, timeout_s: float | None = None) -> np.ndarray:
         arr = np.array([text.encode("utf-8")], dtype=np.object_)
@@ -263,7 +263,8 @@ class OipV2Client:
         await self._client.close()
 
 
-def _text(arr: np.ndarray) -> str:
+def tensor_text(arr: np.ndarray) -> str:
+    """The first element of a BYTES tensor as text."""
     raw = np.asarray(arr).reshape(-1)[0]
     return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
 

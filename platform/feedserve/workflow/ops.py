@@ -36,7 +36,7 @@ import numpy as np
 from feedserve.gateway import feed as rules
 from feedserve.models.signatures import GENERATIVE_RANKER, RETRIEVAL_ENCODER
 from feedserve.store.base import FeatureStore
-from feedserve.triton_client import InferenceClient, OipV2Client, TritonError
+from feedserve.triton_client import InferenceClient, OipV2Client, TritonError, tensor_text
 from feedserve.workflow.spec import Mode, OpSignature
 from feedserve_featurizers.client import Featurizer
 
@@ -212,7 +212,7 @@ def _embed_tensors(inp: Inputs) -> dict[str, np.ndarray]:
 
 def _embed_result(inp: Inputs, out: Mapping[str, np.ndarray]) -> Outputs:
     space = out.get("space")
-    tag = "" if space is None else _text(space)
+    tag = "" if space is None else tensor_text(space)
     vec = np.asarray(out["embedding"], dtype=np.float32).reshape(-1)
     return {"member_embedding": Vec(vec, tag, time.time())}
 
@@ -433,11 +433,6 @@ def empty_value(vtype: str) -> Any:
 
 def _pairs(ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
     return [(int(p), float(s)) for p, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-
-
-def _text(arr: np.ndarray) -> str:
-    raw = np.asarray(arr).reshape(-1)[0]
-    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
 
 
 SIGNATURES: dict[str, OpSignature] = {name: o.signature for name, o in OPS.items()}

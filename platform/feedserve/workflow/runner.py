@@ -136,19 +136,8 @@ class Runner:
 
     # --- planning ------------------------------------------------------------------------------
     def required(self, targets: Iterable[str], compute: frozenset[str] = frozenset()) -> list[str]:
-        """Steps a run for ``targets`` starts eagerly: the producers, and upstream of every step
-        that is executed (not read)."""
-        needed: set[str] = set()
-        stack = [self.wf.producer[v] for v in targets if self.wf.producer.get(v)]
-        while stack:
-            name = stack.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            step = self.wf.step(name)
-            if step.mode.in_request or name in compute:
-                stack += self.wf.deps(name)
-        return [n for n in self.wf.order if n in needed]
+        """Steps a run for ``targets`` starts eagerly (``Workflow.required``)."""
+        return self.wf.required(targets, compute)
 
     # --- running -------------------------------------------------------------------------------
     async def run(

@@ -254,14 +254,20 @@ class Workflow:
 
     def online_steps(self) -> list[str]:
         """Steps the request path runs or reads, in order."""
+        return self.required(self.spec.outputs)
+
+    def required(self, targets: Iterable[str], compute: Iterable[str] = ()) -> list[str]:
+        """Steps a run for ``targets`` needs, in order: their producers, and upstream of every
+        step that is executed (in-request steps and those in ``compute``), not merely read."""
+        executed = set(compute)
         needed: set[str] = set()
-        stack = [self.producer[v] for v in self.spec.outputs if self.producer.get(v)]
+        stack = [self.producer[v] for v in targets if self.producer.get(v)]
         while stack:
             name = stack.pop()
             if name in needed:
                 continue
             needed.add(name)
-            if self.step(name).mode.in_request:
+            if self.step(name).mode.in_request or name in executed:
                 stack += self.deps(name)
         return [n for n in self.order if n in needed]
 
