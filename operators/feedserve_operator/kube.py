@@ -36,6 +36,7 @@ KINDS: dict[str, Kind] = {
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("v1", "Service", "services"),
         Kind("v1", "ConfigMap", "configmaps"),
+        Kind("v1", "Pod", "pods"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         Kind("batch/v1", "Job", "jobs"),

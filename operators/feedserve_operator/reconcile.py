@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedserve_operator.autoscale import Decision, PolicyConfig, PoolBounds
 from feedserve_operator.spec import Condition, FeedPipelineSpec, PoolStatus
 
 Key = tuple[str, str, str]
@@ -143,23 +144,78 @@ def conditions(
         else ("False", "Stable", "")
     )
     degraded = ("True", "ReconcileFailed", error) if error else ("False", "Healthy", "")
+    return with_transitions(
+        {"Ready": ready, "Progressing": progressing, "Degraded": degraded},
+        generation,
+        previous,
+        now,
+    )
+
+
+def with_transitions(
+    states: Mapping[str, tuple[str, str, str]],
+    generation: int,
+    previous: Sequence[Condition],
+    now: str,
+) -> list[Condition]:
+    """Conditions from ``{type: (status, reason, message)}``; a condition keeps its
+    lastTransitionTime while its status does not change."""
     before: dict[str, Condition] = {str(c.type): c for c in previous}
     out = []
-    for ctype, (status, reason, message) in (
-        ("Ready", ready),
-        ("Progressing", progressing),
-        ("Degraded", degraded),
-    ):
+    for ctype, (status, reason, message) in states.items():
         old = before.get(ctype)
         since = old.last_transition_time if old is not None and old.status == status else now
         out.append(
-            Condition(
-                type=ctype,
-                status=status,
-                reason=reason,
-                message=message[:2048],
-                last_transition_time=since,
-                observed_generation=generation,
+            Condition.model_validate(
+                {
+                    "type": ctype,
+                    "status": status,
+                    "reason": reason,
+                    "message": message[:2048],
+                    "lastTransitionTime": since,
+                    "observedGeneration": generation,
+                }
             )
         )
     return out
+
+
+def owned_by(objects: Sequence[Mapping[str, Any]], uid: str) -> list[Mapping[str, Any]]:
+    """The objects whose owner references name ``uid`` (so that a pipeline never deletes
+    what another resource with the same instance label owns, e.g. a FeedModel's config)."""
+    return [
+        o
+        for o in objects
+        if any(r.get("uid") == uid for r in o.get("metadata", {}).get("ownerReferences") or [])
+    ]
+
+
+def policy_config(spec: FeedPipelineSpec) -> PolicyConfig:
+    """The autoscaling policy's settings from a FeedPipeline spec."""
+    a = spec.autoscaling
+    return PolicyConfig(
+        latency_objective_ms=float(a.latency_objective_ms),
+        interval_s=float(a.interval_seconds),
+        scale_up_cooldown_s=float(a.scale_up_cooldown_seconds),
+        scale_down_stabilization_s=float(a.scale_down_stabilization_seconds),
+        featurizer_target_cpu=a.featurizer_target_cpu_percent / 100,
+        triton_target_queue_ms=float(a.triton_target_queue_ms),
+        featurizer=PoolBounds(spec.featurizers.replicas.min, spec.featurizers.replicas.max),
+        inference=PoolBounds(spec.inference.replicas.min, spec.inference.replicas.max),
+    )
+
+
+def scale_patches(decision: Decision, current: Mapping[str, int]) -> dict[str, int]:
+    """``{pool: replicas}`` for the existing pools (``current``: their replicas now) whose
+    Deployment the decision changes."""
+    wanted = {"featurizer": decision.featurizers, "inference": decision.inference}
+    return {p: n for p, n in wanted.items() if p in current and current[p] != n}
+
+
+def pool_replicas(live_deployments: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """``{pool: spec.replicas}`` of the pools' live Deployments."""
+    return {
+        str(d["metadata"]["labels"][COMPONENT_LABEL]): int(d.get("spec", {}).get("replicas") or 0)
+        for d in live_deployments
+        if (d.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL) in POOLS
+    }

@@ -564,6 +564,10 @@ def _jobs(
         if owner is not None:
             job["metadata"]["ownerReferences"] = [dict(owner)]
         job_spec = job["spec"]["jobTemplate"]["spec"] if job["kind"] == "CronJob" else job["spec"]
+        if job["kind"] == "Job":
+            # the operator keeps a one-off Job (it would create it again, and re-run it, once
+            # a TTL removed it); it goes with the FeedPipeline
+            job_spec.pop("ttlSecondsAfterFinished", None)
         template = job_spec["template"]
         template["metadata"]["labels"][MANAGED_BY_LABEL] = MANAGED_BY
         pod = template["spec"]

@@ -9,6 +9,7 @@ the request), which the gateway maps to degraded answers or HTTP errors in one p
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -171,6 +172,40 @@ class AsyncTritonClient:
             await asyncio.wait_for(self._client.load_model(name), timeout=600)
         except InferenceServerException as exc:
             raise TritonRequestError(name, exc.message() or str(exc)) from exc
+
+    async def _control(self, name: str, call: Any) -> Any:
+        try:
+            return await asyncio.wait_for(call, timeout=600)
+        except InferenceServerException as exc:
+            raise TritonRequestError(name, exc.message() or str(exc)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise TritonUnavailable(name, str(exc) or type(exc).__name__) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("aiohttp"):
+                raise TritonUnavailable(name, str(exc) or type(exc).__name__) from exc
+            raise
+
+    async def model_config(self, name: str) -> dict[str, Any]:
+        """The loaded model's complete configuration (JSON form of ``config.pbtxt``)."""
+        config: dict[str, Any] = await self._control(name, self._client.get_model_config(name))
+        return config
+
+    async def load_with_config(self, name: str, config: Mapping[str, Any]) -> None:
+        """(Re)load ``name`` with ``config`` instead of its ``config.pbtxt`` (Triton's model
+        control API; ``config`` must be complete, e.g. ``model_config`` with changes)."""
+        await self._control(name, self._client.load_model(name, config=json.dumps(config)))
+
+    async def unload_model(self, name: str) -> None:
+        await self._control(name, self._client.unload_model(name))
+
+    async def ready_versions(self, name: str) -> list[int]:
+        """Versions of ``name`` that are loaded and ready, ascending."""
+        index = await self._control(name, self._client.get_model_repository_index())
+        return sorted(
+            int(m["version"])
+            for m in index
+            if m.get("name") == name and m.get("state") == "READY" and m.get("version")
+        )
 
     async def model_version(self, name: str) -> str:
         """The newest ready version of ``name`` ("" if none is ready)."""

@@ -1,0 +1,129 @@
+"""Pure logic of Triton model control for a FeedModel: which Triton pods to talk to, the
+configuration to load a model with (its repository config plus the FeedModel's versions and
+batching), whether a pod needs a (re)load, and the FeedModel's status.
+
+No I/O here: ``handlers`` lists the pods through ``kube`` and calls each pod's model-control
+API through ``feedserve.triton_client``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from feedserve_operator.reconcile import with_transitions
+from feedserve_operator.render import TRITON_HTTP, canary_weights, model_versions
+from feedserve_operator.spec import Condition, FeedModelSpec, FeedModelStatus
+
+OVERLAID = ("version_policy", "dynamic_batching", "instance_group", "max_batch_size")
+"""Top-level fields of a Triton model config that a FeedModel decides."""
+
+
+def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{pod name: http://ip:port}`` of the Triton pods that are Ready (the port: the
+    container port named ``http``)."""
+    out = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        ip = status.get("podIP")
+        if not ready or not ip or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        port = TRITON_HTTP
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for p in container.get("ports") or []:
+                if p.get("name") == "http":
+                    port = int(p["containerPort"])
+        out[str(pod["metadata"]["name"])] = f"{ip}:{port}"
+    return dict(sorted(out.items()))
+
+
+def overlay(config: Mapping[str, Any], spec: FeedModelSpec) -> dict[str, Any]:
+    """The model's loaded configuration with the FeedModel's settings on top: the versions to
+    serve (stable and canary), instances per device, batch size and dynamic batching."""
+    out = copy.deepcopy(dict(config))
+    t = spec.triton
+    out["version_policy"] = {"specific": {"versions": model_versions(spec)}}
+    if int(out.get("max_batch_size") or 0) > 0:
+        out["max_batch_size"] = t.max_batch_size
+        batching: dict[str, Any] = {"max_queue_delay_microseconds": t.max_queue_delay_microseconds}
+        if t.preferred_batch_sizes:
+            batching["preferred_batch_size"] = list(t.preferred_batch_sizes)
+        out["dynamic_batching"] = {**dict(out.get("dynamic_batching") or {}), **batching}
+    groups = [dict(g) for g in out.get("instance_group") or [{"kind": "KIND_AUTO"}]]
+    for g in groups:
+        g["count"] = t.instances
+    out["instance_group"] = groups
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Triton returns numbers in configs as strings in some places (``"2000"``)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return str(a) == str(b)
+
+
+def needs_load(config: Mapping[str, Any], spec: FeedModelSpec, ready: Sequence[int]) -> bool:
+    """True when the pod does not serve exactly the wanted versions with the wanted settings."""
+    if sorted(ready) != model_versions(spec):
+        return True
+    wanted = overlay(config, spec)
+    return not all(_same(wanted.get(k), config.get(k)) for k in OVERLAID if k in wanted)
+
+
+def model_status(
+    spec: FeedModelSpec,
+    loaded: Mapping[str, Sequence[int]],
+    errors: Mapping[str, str],
+    generation: int,
+    previous: Sequence[Condition],
+    now: str,
+) -> FeedModelStatus:
+    """``loaded``: the ready versions on each Triton pod reached; ``errors``: pods that
+    failed. Ready when every ready Triton pod serves every wanted version."""
+    wanted = model_versions(spec)
+    everywhere = sorted(set.intersection(*(set(v) for v in loaded.values()))) if loaded else []
+    ready = bool(loaded) and not errors and all(v in everywhere for v in wanted)
+    if errors:
+        first = sorted(errors.items())[0]
+        state = {
+            "Ready": (
+                "False",
+                "LoadFailed",
+                f"{len(errors)} pod(s) failed; {first[0]}: {first[1]}",
+            ),
+            "Progressing": ("False", "LoadFailed", ""),
+            "Degraded": ("True", "LoadFailed", f"{first[0]}: {first[1]}"),
+        }
+    elif not loaded:
+        state = {
+            "Ready": ("False", "NoTritonPods", "no ready Triton pod of the pipeline"),
+            "Progressing": ("True", "WaitingForTriton", "versions load when Triton pods are ready"),
+            "Degraded": ("False", "Healthy", ""),
+        }
+    elif not ready:
+        state = {
+            "Ready": ("False", "Loading", f"versions {wanted} not ready on every pod"),
+            "Progressing": ("True", "Loading", f"loading versions {wanted}"),
+            "Degraded": ("False", "Healthy", ""),
+        }
+    else:
+        state = {
+            "Ready": ("True", "Loaded", f"versions {wanted} ready on {len(loaded)} pod(s)"),
+            "Progressing": ("False", "Stable", ""),
+            "Degraded": ("False", "Healthy", ""),
+        }
+    return FeedModelStatus(
+        observed_generation=generation,
+        loaded_versions=everywhere,
+        served_weights=canary_weights(spec),
+        ready=ready,
+        conditions=with_transitions(state, generation, previous, now),
+    )

@@ -1,0 +1,185 @@
+"""A mock Kubernetes API server (kmock's stateful emulator) in a thread of its own, for the
+operator tests: kopf runs in another thread (``kopf.testing.KopfRunner``), the test polls the
+emulator's objects with a deadline.
+
+The emulator stores objects as sent; like a real API server, this one also fills in
+``metadata.uid``, ``generation`` (bumped on every spec change), ``resourceVersion`` and
+``creationTimestamp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import httpx
+import kmock
+import pytest
+
+T = TypeVar("T")
+
+RESOURCES: dict[str, dict[str, Any]] = {
+    "feedserve.io/v1alpha1/feedpipelines": {"kind": "FeedPipeline", "subresources": ["status"]},
+    "feedserve.io/v1alpha1/feedmodels": {"kind": "FeedModel", "subresources": ["status"]},
+    "apps/v1/deployments": {"kind": "Deployment", "subresources": ["status", "scale"]},
+    "v1/services": {"kind": "Service"},
+    "v1/configmaps": {"kind": "ConfigMap"},
+    "v1/pods": {"kind": "Pod", "subresources": ["status"]},
+    "v1/events": {"kind": "Event"},
+    "v1/namespaces": {"kind": "Namespace", "namespaced": False},
+    "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget"},
+    "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler"},
+    "batch/v1/jobs": {"kind": "Job"},
+    "batch/v1/cronjobs": {"kind": "CronJob"},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {
+        "kind": "CustomResourceDefinition",
+        "namespaced": False,
+    },
+}
+VERBS = ["list", "watch", "get", "patch", "create", "update", "delete"]
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus the metadata a real API server maintains."""
+
+    _version = 0
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        data = request.data if isinstance(request.data, dict) else None
+        if request.resource is not None and data is not None:
+            # every write gets a new resourceVersion (kopf tells its own patches from others'
+            # changes by it); a spec change bumps the generation
+            Emulator._version += 1
+            meta = data.setdefault("metadata", {})
+            if request.action == kmock.action.CREATE:
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("generation", 1)
+                meta.setdefault(
+                    "creationTimestamp",
+                    datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+                )
+                meta["resourceVersion"] = str(Emulator._version)
+            elif request.action == kmock.action.UPDATE and request.name is not None:
+                key = (request.resource, request.namespace, request.name)
+                meta["resourceVersion"] = str(Emulator._version)
+                if "spec" in data and key in self.objects:
+                    old = self.objects[key].get("metadata", {}).get("generation") or 0
+                    meta["generation"] = int(old) + 1
+        return await super()._handle(request)
+
+
+class MockCluster:
+    """The emulator served on a loopback port from a background event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.emulator = Emulator()
+        self.url = ""
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(fn(), self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout_s)
+
+    def start(self) -> None:
+        self.thread.start()
+
+        async def up() -> str:
+            await self.emulator.__aenter__()
+            self._server = kmock.Server(self.emulator)
+            await self._server.__aenter__()
+            for path, info in RESOURCES.items():
+                self.emulator.resources[path] = {"namespaced": True, "verbs": VERBS, **info}  # type: ignore[assignment]
+            return str(self.emulator.url)
+
+        self.url = self.call(up)
+
+    def stop(self) -> None:
+        async def down() -> None:
+            await self._server.__aexit__(None, None, None)
+            await self.emulator.__aexit__(None, None, None)
+
+        try:
+            self.call(down)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    # --- objects -------------------------------------------------------------------------
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        async def read() -> dict[str, Any] | None:
+            key = (kmock.resource(resource), namespace, name)
+            if key not in self.emulator.objects:
+                return None
+            obj = self.emulator.objects[key]
+            return None if obj.deleted else dict(obj.raw)
+
+        return self.call(read)
+
+    def names(self, resource: str, namespace: str) -> set[str]:
+        async def read() -> set[str]:
+            res = kmock.resource(resource)
+            return {
+                k[2]
+                for k, obj in self.emulator.objects.items()
+                if k[0] == res and k[1] == namespace and not obj.deleted
+            }
+
+        return self.call(read)
+
+    def _path(self, resource: str, namespace: str, name: str = "") -> str:
+        group_version, plural = resource.rsplit("/", 1)
+        root = "/api" if "/" not in group_version else "/apis"
+        return f"{root}/{group_version}/namespaces/{namespace}/{plural}" + (
+            f"/{name}" if name else ""
+        )
+
+    def put(self, resource: str, obj: dict[str, Any]) -> None:
+        """Create the object, or merge-patch it if it exists (as kubectl apply would)."""
+        meta = obj["metadata"]
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            if self.get(resource, meta["namespace"], meta["name"]) is None:
+                resp = client.post(self._path(resource, meta["namespace"]), json=obj)
+            else:
+                resp = client.patch(
+                    self._path(resource, meta["namespace"], meta["name"]),
+                    json={k: v for k, v in obj.items() if k in ("spec", "metadata")},
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+            resp.raise_for_status()
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            client.delete(self._path(resource, namespace, name)).raise_for_status()
+
+
+@pytest.fixture()
+def cluster() -> Iterator[MockCluster]:
+    mock = MockCluster()
+    mock.start()
+    try:
+        yield mock
+    finally:
+        mock.stop()
+
+
+def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def poll() -> Callable[..., Any]:
+    return wait_for
