@@ -64,7 +64,8 @@ class OperatorSettings(BaseSettings):
     prometheus_url: str = ""
     """Prometheus the ``coupled`` policy reads its signals from; empty: coupled pipelines
     keep their replicas (and say so in an event)."""
-    triton_timeout_s: float = 10.0
+    triton_timeout_s: float = 120.0
+    """Per call to a Triton pod's model control API (loading a large model takes a while)."""
 
 
 class MetricsSource(Protocol):
@@ -342,7 +343,9 @@ async def restore_model(op: Operator, namespace: str, spec: FeedModelSpec) -> No
     for pod, url in mc.triton_endpoints(pods).items():
         client = AsyncTritonClient(url, timeout_s=op.settings.triton_timeout_s)
         try:
-            await client.load_model(ROLE_MODEL[spec.role])
+            repository_config = mc.original(await client.model_config(ROLE_MODEL[spec.role]))
+            if repository_config is not None:
+                await client.load_with_config(ROLE_MODEL[spec.role], repository_config)
         except TritonError as exc:
             log.warning("restoring %s on %s: %s", spec.role, pod, exc)
         finally:
@@ -366,7 +369,7 @@ async def reconcile_model(
     except KubeError as exc:
         raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
     new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
-    patch.status.update(new.model_dump(by_alias=True, mode="json"))
+    patch.status.update(mc.status_patch(status, new))
     was_ready = bool(status.get("ready"))
     if errors:
         kopf.warn(
@@ -392,7 +395,13 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     ) -> None:  # fmt: skip
         await reconcile_pipeline(op, name, namespace or "", spec, meta, status, body, patch, True)
 
-    @kopf.timer(*pipelines, interval=op.settings.resync_s, registry=registry)
+    # drift timers start one interval late: a new object is the creation handler's
+    @kopf.timer(
+        *pipelines,
+        interval=op.settings.resync_s,
+        initial_delay=op.settings.resync_s,
+        registry=registry,
+    )
     async def pipeline_drift(
         *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
         status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
@@ -433,7 +442,12 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     ) -> None:  # fmt: skip
         await reconcile_model(op, name, namespace or "", spec, meta, status, body, patch, True)
 
-    @kopf.timer(*models, interval=op.settings.model_resync_s, registry=registry)
+    @kopf.timer(
+        *models,
+        interval=op.settings.model_resync_s,
+        initial_delay=op.settings.model_resync_s,
+        registry=registry,
+    )
     async def model_drift(
         *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
         status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,

@@ -116,8 +116,12 @@ def observation(
 class Prometheus:
     """Instant queries against the Prometheus HTTP API."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(
+        self, url: str, timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=url.rstrip("/"), timeout=timeout_s, transport=transport
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -9,6 +9,7 @@ API through ``feedserve.triton_client``.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,16 @@ from feedserve_operator.spec import Condition, FeedModelSpec, FeedModelStatus
 
 OVERLAID = ("version_policy", "dynamic_batching", "instance_group", "max_batch_size")
 """Top-level fields of a Triton model config that a FeedModel decides."""
+ORIGINAL = "feedserve.io/repository-config"
+"""Model config parameter holding the config the FeedModel's overlay replaced (JSON): what
+the model goes back to when the FeedModel is deleted (Triton keeps a model loaded as it is
+when asked to load it again with unchanged files)."""
+
+
+def original(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The repository's config under a FeedModel's overlay; ``None`` if not overlaid."""
+    raw = ((config.get("parameters") or {}).get(ORIGINAL) or {}).get("string_value")
+    return dict(json.loads(raw)) if raw else None
 
 
 def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -45,15 +56,27 @@ def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 def overlay(config: Mapping[str, Any], spec: FeedModelSpec) -> dict[str, Any]:
     """The model's loaded configuration with the FeedModel's settings on top: the versions to
     serve (stable and canary), instances per device, batch size and dynamic batching."""
-    out = copy.deepcopy(dict(config))
+    base = original(config) or config
+    out = copy.deepcopy(dict(base))
+    out["parameters"] = {
+        **dict(out.get("parameters") or {}),
+        ORIGINAL: {"string_value": json.dumps(base, sort_keys=True)},
+    }
     t = spec.triton
     out["version_policy"] = {"specific": {"versions": model_versions(spec)}}
     if int(out.get("max_batch_size") or 0) > 0:
         out["max_batch_size"] = t.max_batch_size
-        batching: dict[str, Any] = {"max_queue_delay_microseconds": t.max_queue_delay_microseconds}
-        if t.preferred_batch_sizes:
-            batching["preferred_batch_size"] = list(t.preferred_batch_sizes)
-        out["dynamic_batching"] = {**dict(out.get("dynamic_batching") or {}), **batching}
+        batching = dict(out.get("dynamic_batching") or {})
+        batching["max_queue_delay_microseconds"] = t.max_queue_delay_microseconds
+        # the spec's preferred sizes, else those of the repository's config that still fit
+        # (Triton fills one in from max_batch_size when the config names none)
+        preferred = list(t.preferred_batch_sizes) or [
+            int(n) for n in batching.get("preferred_batch_size") or [] if int(n) <= t.max_batch_size
+        ]
+        batching.pop("preferred_batch_size", None)
+        if preferred:
+            batching["preferred_batch_size"] = preferred
+        out["dynamic_batching"] = batching
     groups = [dict(g) for g in out.get("instance_group") or [{"kind": "KIND_AUTO"}]]
     for g in groups:
         g["count"] = t.instances
@@ -127,3 +150,12 @@ def model_status(
         ready=ready,
         conditions=with_transitions(state, generation, previous, now),
     )
+
+
+def status_patch(previous: Mapping[str, Any], new: FeedModelStatus) -> dict[str, Any]:
+    """A JSON merge patch from the live status to ``new``: a weight of a version no longer
+    served is removed (merge patches only add to maps otherwise)."""
+    out = new.model_dump(by_alias=True, mode="json")
+    gone = set(previous.get("servedWeights") or {}) - set(out["servedWeights"])
+    out["servedWeights"] = {**dict.fromkeys(sorted(gone)), **out["servedWeights"]}
+    return out

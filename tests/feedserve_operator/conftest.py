@@ -58,6 +58,8 @@ class Emulator(kmock.KubernetesEmulator):
             Emulator._version += 1
             meta = data.setdefault("metadata", {})
             if request.action == kmock.action.CREATE:
+                if "generateName" in meta and not meta.get("name"):  # events, for one
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("generation", 1)
                 meta.setdefault(

@@ -4,16 +4,34 @@ children and the status."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
+import yaml
 from kopf.testing import KopfRunner
 
-from feedserve_operator.handlers import Operator, OperatorSettings, register
+from feedserve.launcher import (
+    ManagedProcess,
+    free_port,
+    http_ok,
+    prepare_triton_backends,
+    pytriton_dir,
+    triton_env,
+    wait_until,
+)
+from feedserve.triton_client import AsyncTritonClient
+from feedserve.workflow.spec import DEFAULT_WORKFLOW
+from feedserve_operator.autoscale import Observation
+from feedserve_operator.handlers import MetricsSource, Operator, OperatorSettings, register
 from feedserve_operator.kube import KubeApi
+from feedserve_operator.spec import FeedPipelineSpec
 
 NS = "feeds"
 FP = "feedserve.io/v1alpha1/feedpipelines"
@@ -36,30 +54,43 @@ def pipeline(name: str = "feed", **spec: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture()
-def operator(cluster: Any) -> Iterator[Any]:
+@contextlib.contextmanager
+def running(cluster: Any, metrics: MetricsSource | None = None) -> Iterator[Operator]:
     """kopf with feedserve's handlers in a fresh registry, against the mock cluster."""
     registry = kopf.OperatorRegistry()
-    op = Operator(None, OperatorSettings(resync_s=0.5, retry_s=0.2))
+    settings = OperatorSettings(
+        resync_s=0.5, retry_s=0.2, autoscale_tick_s=0.2, model_resync_s=0.5, triton_timeout_s=30
+    )
+    op = Operator(KubeApi(cluster.url, verify=False), settings, metrics=metrics)
     register(registry, op)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=cluster.url, insecure=True)
 
-    op._api = KubeApi(cluster.url, verify=False)
-    settings = kopf.OperatorSettings()
-    settings.scanning.disabled = True
-    settings.watching.server_timeout = 10
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.scanning.disabled = True
+    kopf_settings.watching.server_timeout = 10
     args = ["run", "--standalone", "--namespace", NS, "--verbose"]
-    with KopfRunner(args, registry=registry, settings=settings, timeout=60) as runner:
-        yield runner
+    with KopfRunner(args, registry=registry, settings=kopf_settings, timeout=60) as runner:
+        yield op
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
 
 
+@pytest.fixture()
+def operator(cluster: Any) -> Iterator[Operator]:
+    with running(cluster) as op:
+        yield op
+
+
 def children(cluster: Any, resource: str) -> set[str]:
     return set(cluster.names(resource, NS))
+
+
+def event_reasons(cluster: Any) -> set[str]:
+    names = cluster.names("v1/events", NS)
+    return {(cluster.get("v1/events", NS, n) or {}).get("reason", "") for n in names}
 
 
 def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
@@ -96,6 +127,8 @@ def test_pipeline_lifecycle(cluster: Any, operator: Any, poll: Callable[..., Any
     assert condition(fp, "Ready")["status"] == "False"  # type: ignore[index]
     assert condition(fp, "Degraded")["status"] == "False"  # type: ignore[index]
 
+    poll(lambda: "Reconciled" in event_reasons(cluster), 15, "a Reconciled event")
+
     # change the spec -> children patched; the policy switch adds HPAs
     changed = copy.deepcopy(cluster.get(FP, NS, "feed"))
     changed["spec"]["autoscaling"]["policy"] = "hpa"
@@ -116,6 +149,7 @@ def test_pipeline_lifecycle(cluster: Any, operator: Any, poll: Callable[..., Any
     gateway = next(n for n in deps if "gateway" in n)
     cluster.delete(DEPLOYMENTS, NS, gateway)
     poll(lambda: gateway in children(cluster, DEPLOYMENTS), 15, "deleted Deployment restored")
+    poll(lambda: "DriftCorrected" in event_reasons(cluster), 15, "a DriftCorrected event")
 
     # back to coupled: the HPAs are removed again
     back = copy.deepcopy(cluster.get(FP, NS, "feed"))
@@ -141,4 +175,239 @@ def test_invalid_spec_is_reported_not_retried(
     degraded = condition(fp, "Degraded")
     assert degraded is not None and degraded["status"] == "True"
     assert degraded["reason"] == "InvalidSpec" and "gpusPerPod" in degraded["message"]
+    poll(lambda: "InvalidSpec" in event_reasons(cluster), 15, "a Warning event")
+
+    # a workflow that does not check out (unknown op) is a bad spec too, named by its field
+    wf = yaml.safe_load(DEFAULT_WORKFLOW.read_text())
+    wf["steps"][0]["op"] = "no_such_op"
+    cluster.put(FP, pipeline("badflow", workflow=wf))
+
+    def flow_degraded() -> dict[str, Any] | None:
+        return condition(cluster.get(FP, NS, "badflow"), "Degraded")
+
+    degraded = poll(flow_degraded, 15, "Degraded for a bad workflow")
+    assert degraded["reason"] == "InvalidSpec" and "spec.workflow" in degraded["message"]
+    assert "no_such_op" in degraded["message"]
     assert not children(cluster, DEPLOYMENTS)
+
+
+class Overloaded:
+    """Metrics of a pipeline far over its latency objective."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def observe(
+        self,
+        name: str,
+        namespace: str,
+        spec: FeedPipelineSpec,
+        deployments: list[dict[str, Any]],
+        now_s: float,
+    ) -> Observation | None:
+        self.calls += 1
+        replicas = {
+            d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["replicas"]
+            for d in deployments
+        }
+        return Observation(
+            time_s=now_s, p99_ms=2000.0, request_rate=400.0, featurizer_queue_depth=500.0,
+            featurizer_cpu=1.0, triton_queue_ms=800.0, triton_throughput_per_pod=100.0,
+            featurizer_throughput_per_pod=80.0,
+            featurizer_replicas=replicas.get("featurizer", 0),
+            featurizer_ready=replicas.get("featurizer", 0),
+            inference_replicas=replicas.get("inference", 0),
+            inference_ready=replicas.get("inference", 0),
+        )  # fmt: skip
+
+
+def test_coupled_policy_scales_both_pools_within_bounds(
+    cluster: Any, poll: Callable[..., Any]
+) -> None:
+    metrics = Overloaded()
+    with running(cluster, metrics=metrics):
+        cluster.put(FP, pipeline(autoscaling={"policy": "coupled", "intervalSeconds": 5}))
+
+        def replicas() -> dict[str, int] | None:
+            out = {}
+            for name in children(cluster, DEPLOYMENTS):
+                d = cluster.get(DEPLOYMENTS, NS, name) or {}
+                out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = d["spec"]["replicas"]
+            scaled = out.get("featurizer", 0) > 2 and out.get("inference", 0) > 1
+            return out if scaled else None
+
+        scaled = poll(replicas, 20, "both pools scaled up")
+        assert scaled["featurizer"] == 6 and scaled["inference"] == 3  # the spec's max
+        assert scaled["gateway"] == 2
+        poll(lambda: "Scaled" in event_reasons(cluster), 15, "a Scaled event")
+        # the drift timer keeps what the autoscaler set
+        gateway = next(n for n in children(cluster, DEPLOYMENTS) if n.endswith("gateway"))
+        cluster.delete(DEPLOYMENTS, NS, gateway)
+        poll(lambda: gateway in children(cluster, DEPLOYMENTS), 15, "gateway restored")
+        assert replicas() == scaled
+
+        # the hpa policy hands the pools to HorizontalPodAutoscalers: no more observing
+        hpa = copy.deepcopy(cluster.get(FP, NS, "feed"))
+        hpa["spec"]["autoscaling"]["policy"] = "hpa"
+        cluster.put(FP, hpa)
+        poll(lambda: len(children(cluster, HPAS)) == 2, 15, "HPAs")
+        calls = metrics.calls
+        poll(lambda: cluster.get(FP, NS, "feed")["status"]["policy"] == "hpa", 15, "status")
+        assert metrics.calls <= calls + 1
+
+
+MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.version = int(args["model_version"])
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            version = np.full(x.shape, self.version, dtype=np.int32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("version", version)]))
+        return out
+"""
+CONFIG_PBTXT = """name: "generative_ranker"
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 100 }
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+input [ { name: "x", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "version", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"""
+
+
+@pytest.fixture()
+def triton(tmp_path: Path) -> Iterator[str]:
+    """A real tritonserver (explicit model control) with versions 1-3 of a tiny
+    ``generative_ranker`` that answers its own version number."""
+    repo = tmp_path / "repo" / "generative_ranker"
+    for version in (1, 2, 3):
+        (repo / str(version)).mkdir(parents=True)
+        (repo / str(version) / "model.py").write_text(MODEL_PY)
+    (repo / "config.pbtxt").write_text(CONFIG_PBTXT)
+    backends = prepare_triton_backends(tmp_path / "runtime")
+    http = free_port()
+    cmd = [
+        str(pytriton_dir() / "bin" / "tritonserver"),
+        f"--model-repository={repo.parent}", f"--backend-directory={backends}",
+        "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false",
+        "--allow-metrics=false", "--model-control-mode=explicit",
+        "--load-model=generative_ranker", "--exit-timeout-secs=5",
+    ]  # fmt: skip
+    proc = ManagedProcess("tritonserver", cmd, triton_env(os.environ), tmp_path / "triton.log")
+    proc.start()
+    try:
+        wait_until(http_ok(f"http://127.0.0.1:{http}/v2/health/ready"), 120, "triton", proc)
+        yield f"127.0.0.1:{http}"
+    finally:
+        proc.stop()
+
+
+def triton_versions(url: str) -> list[int]:
+    async def read() -> list[int]:
+        client = AsyncTritonClient(url, timeout_s=60)
+        try:
+            return await client.ready_versions("generative_ranker")
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def triton_pod(url: str) -> dict[str, Any]:
+    """A Ready Triton pod of pipeline ``feed`` whose http port is the local tritonserver."""
+    host, port = url.split(":")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "feed-inference-0",
+            "namespace": NS,
+            "labels": {
+                "app.kubernetes.io/instance": "feed",
+                "app.kubernetes.io/component": "inference",
+            },
+        },
+        "spec": {"containers": [{"name": "triton", "ports": [
+            {"name": "http", "containerPort": int(port)}]}]},
+        "status": {"podIP": host, "conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+
+
+def test_feedmodel_loads_versions_into_triton_with_canary_weights(
+    cluster: Any, operator: Any, triton: str, poll: Callable[..., Any]
+) -> None:
+    assert triton_versions(triton) == [3]  # the repository's policy: the latest
+    cluster.put(FP, pipeline())
+    cluster.put("v1/pods", triton_pod(triton))
+    # named like its pipeline: the pipeline's reconcile must not take its ConfigMap for its own
+    model = {
+        "apiVersion": "feedserve.io/v1alpha1",
+        "kind": "FeedModel",
+        "metadata": {"name": "feed", "namespace": NS},
+        "spec": {"pipeline": "feed", "role": "generative-ranker", "artifact": "pvc://models",
+                 "version": 2, "rollout": {"canaryVersion": 3, "canaryWeight": 20},
+                 "triton": {"maxBatchSize": 4}},
+    }  # fmt: skip
+    cluster.put(FM, model)
+
+    def status() -> dict[str, Any]:
+        return dict((cluster.get(FM, NS, "feed") or {}).get("status") or {})
+
+    poll(lambda: status().get("ready"), 60, "FeedModel ready")
+    st = status()
+    assert st["loadedVersions"] == [2, 3] and st["servedWeights"] == {"2": 80, "3": 20}
+    assert condition({"status": st}, "Ready")["reason"] == "Loaded"  # type: ignore[index]
+    assert triton_versions(triton) == [2, 3]
+    cm = cluster.get("v1/configmaps", NS, "feed-model-feed")
+    assert cm is not None and '"3": 20' in cm["data"]["weights.json"]
+    assert cm["metadata"]["ownerReferences"][0]["kind"] == "FeedModel"
+    # a pipeline resync (restoring a deleted child) leaves the FeedModel's ConfigMap alone
+    cluster.delete(DEPLOYMENTS, NS, "feed-gateway")
+    poll(lambda: "feed-gateway" in children(cluster, DEPLOYMENTS), 15, "gateway restored")
+    assert cluster.get("v1/configmaps", NS, "feed-model-feed") is not None
+
+    # the canary is promoted: only version 3 is served
+    promoted = copy.deepcopy(cluster.get(FM, NS, "feed"))
+    promoted["spec"]["version"] = 3
+    promoted["spec"]["rollout"] = {"canaryWeight": 0, "canaryVersion": None}
+    cluster.put(FM, promoted)
+    poll(lambda: status().get("loadedVersions") == [3] and status().get("ready"), 60, "promoted")
+    assert triton_versions(triton) == [3] and status()["servedWeights"] == {"3": 100}
+
+    # drift: someone loads the model with other settings by hand; the model timer restores
+    # the FeedModel's
+    async def reload() -> None:
+        client = AsyncTritonClient(triton, timeout_s=60)
+        try:
+            config = await client.model_config("generative_ranker")
+            await client.load_with_config("generative_ranker", {**config, "max_batch_size": 6})
+            assert int((await client.model_config("generative_ranker"))["max_batch_size"]) == 6
+        finally:
+            await client.close()
+
+    asyncio.run(reload())
+
+    def batch_size() -> int:
+        async def read() -> int:
+            client = AsyncTritonClient(triton, timeout_s=60)
+            try:
+                return int((await client.model_config("generative_ranker"))["max_batch_size"])
+            finally:
+                await client.close()
+
+        return asyncio.run(read())
+
+    poll(lambda: batch_size() == 4, 30, "FeedModel settings restored on the pod")
+
+    # delete: the model goes back to the repository's own config
+    cluster.delete(FM, NS, "feed")
+    poll(lambda: batch_size() == 8, 30, "repository config restored")
+    poll(lambda: cluster.get(FM, NS, "feed") is None, 15, "FeedModel gone")
