@@ -6,6 +6,8 @@
   multi-document YAML. An invalid document: one line per problem on stderr, naming the file,
   the document and the field; exit code 2.
 - ``crds [--out DIR]``: prints the generated CustomResourceDefinitions, or writes them.
+- ``run``: the operator itself (kopf): in a pod with its service account, or against
+  ``--server`` (e.g. ``kubectl proxy``) for development.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from feedserve_operator.spec import API_VERSION, FeedModelSpec, FeedPipelineSpec
 
 operator_app = typer.Typer(
     name="operator",
-    help="The Kubernetes operator offline: render manifests, print the CRDs.",
+    help="The Kubernetes operator: run it, or render its manifests and CRDs offline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -155,3 +157,62 @@ def crds_command(
         return
     for path in crds.write(out):
         typer.echo(f"wrote {path}")
+
+
+@operator_app.command("run")
+def run_command(
+    namespaces: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="namespace (pattern) to watch; repeatable"),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="watch the whole cluster")
+    ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="API server URL without auth (kubectl proxy); default: in-cluster"),
+    ] = None,
+    liveness: Annotated[
+        str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ] = None,
+) -> None:
+    """Run the operator until SIGTERM/SIGINT (settings: FEEDSERVE_OPERATOR_* variables)."""
+    if not namespaces and not all_namespaces:
+        typer.echo("error: name a --namespace or pass --all-namespaces", err=True)
+        raise typer.Exit(2)
+    try:
+        import kopf
+    except ImportError:
+        typer.echo("error: the operator needs kopf: pip install 'feedserve[operator]'", err=True)
+        raise typer.Exit(2) from None
+    import asyncio
+    import logging
+
+    from feedserve_operator.handlers import Operator, OperatorSettings, register
+    from feedserve_operator.kube import KubeApi
+
+    registry = kopf.OperatorRegistry()
+    if server is not None:
+        url = server
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url)
+
+    register(registry, Operator(KubeApi(server) if server else None, OperatorSettings()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = kopf.OperatorSettings()
+    # exact namespace names need no cluster-wide listing of namespaces and CRDs (least
+    # privilege: a Role per namespace is enough); patterns and -A do
+    exact = not all_namespaces and not any(set(ns) & set("*?[]!") for ns in namespaces or ())
+    settings.scanning.disabled = exact
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=all_namespaces,
+            namespaces=namespaces or (),
+            liveness_endpoint=liveness,
+            standalone=True,
+        )
+    )

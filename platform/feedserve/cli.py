@@ -19,6 +19,8 @@ from rich.table import Table
 
 from feedserve import __version__
 from feedserve.cli_workflow import CLIError, run_app, workflow_app
+from feedserve_operator.cli_autoscale import autoscale_app
+from feedserve_operator.cli_operator import operator_app
 
 app = typer.Typer(
     help="feedserve: a disaggregated inference platform for feed recommendation.",
@@ -34,6 +36,8 @@ train_app = typer.Typer(help="Train models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
+app.add_typer(operator_app, name="operator")
+app.add_typer(autoscale_app, name="autoscale")
 console = Console(soft_wrap=True)  # long lines (the curl example) stay copy-pasteable
 err = Console(stderr=True)
 

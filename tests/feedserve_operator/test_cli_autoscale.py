@@ -15,7 +15,8 @@ def autoscale(*args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-c",
-            "from feedserve_operator.cli_autoscale import autoscale_app; autoscale_app()",
+            "from feedserve.cli import app; app()",
+            "autoscale",
             *args,
         ],
         capture_output=True,

@@ -12,12 +12,12 @@ from feedserve_operator import crds
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "pipeline-dev.yaml"
-ENTRY = "from feedserve_operator.cli_operator import operator_app; operator_app()"
+ENTRY = "from feedserve.cli import app; app()"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)  # fmt: skip
+    cmd = [sys.executable, "-c", ENTRY, "operator", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 VALID = """\
@@ -99,3 +99,9 @@ def test_crds_print_and_write(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for kind in crds.KINDS.values():
         assert (tmp_path / kind.file_name).read_text() == crds.to_yaml(crds.crd_for(kind.kind))
+
+
+def test_run_needs_a_scope_and_says_so() -> None:
+    out = run("run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--namespace" in out.stderr and "--all-namespaces" in out.stderr

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,26 @@ def test_feedmodel_loads_versions_into_triton_with_canary_weights(
     cluster.delete(FM, NS, "feed")
     poll(lambda: batch_size() == 8, 30, "repository config restored")
     poll(lambda: cluster.get(FM, NS, "feed") is None, 15, "FeedModel gone")
+
+
+def test_feedserve_operator_run_process(
+    cluster: Any, tmp_path: Path, poll: Callable[..., Any]
+) -> None:
+    """The entry point as users start it: ``feedserve operator run`` in a process of its own
+    (here against the mock API server, as against ``kubectl proxy``)."""
+    cmd = [sys.executable, "-m", "feedserve.cli", "operator", "run", "--server", cluster.url,
+           "--namespace", NS]  # fmt: skip
+    env = {**os.environ, "FEEDSERVE_OPERATOR_RESYNC_S": "1"}
+    proc = ManagedProcess("operator", cmd, env, tmp_path / "operator.log")
+    proc.start()
+    try:
+        cluster.put(FP, pipeline())
+        ready = poll(lambda: condition(cluster.get(FP, NS, "feed"), "Ready") or not proc.alive(),
+                     30, "the operator process reconciles")  # fmt: skip
+        assert proc.alive(), proc.log_tail()
+        assert ready["reason"] == "PoolsNotReady"
+        pools = {"feed-featurizer", "feed-inference", "feed-gateway"}
+        assert pools <= children(cluster, DEPLOYMENTS)
+    finally:
+        proc.stop()
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.log_tail()
