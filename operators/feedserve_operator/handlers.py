@@ -17,6 +17,7 @@ default one for ``kopf run``; tests use a fresh registry each.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from feedserve_operator.autoscale import Observation, PolicyState, coupled
 from feedserve_operator.kube import CHILD_KINDS, KubeApi, KubeError
 from feedserve_operator.metrics import Prometheus, observation, queries
 from feedserve_operator.reconcile import COMPONENT_LABEL, INSTANCE_LABEL
-from feedserve_operator.render import render_model, render_pipeline
+from feedserve_operator.render import canary_weights, names, render_model, render_pipeline
 from feedserve_operator.spec import (
     GROUP,
     ROLE_MODEL,
@@ -335,6 +336,23 @@ async def sync_model_versions(
     return loaded, errors
 
 
+async def publish_weights(
+    op: Operator, namespace: str, spec: FeedModelSpec, weights: dict[str, int] | None
+) -> None:
+    """Write (``None``: remove) the model's version weights in the pipeline's routing
+    ConfigMap, which the gateway pods read."""
+    routing = names(spec.pipeline)["routing"]
+    current = await op.api.get("ConfigMap", namespace, routing)
+    if current is None and weights is None:
+        return  # the pipeline has gone first: nothing routes to the model any more
+    if current is None:
+        raise kopf.TemporaryError(f"ConfigMap {routing} not there (yet)", delay=op.settings.retry_s)
+    model = ROLE_MODEL[spec.role]
+    value = None if weights is None else json.dumps(weights, sort_keys=True)
+    if (current.get("data") or {}).get(model) != value:
+        await op.api.merge_patch("ConfigMap", namespace, routing, {"data": {model: value}})
+
+
 async def restore_model(op: Operator, namespace: str, spec: FeedModelSpec) -> None:
     """A deleted FeedModel: its model goes back to the repository's own config."""
     pods = await op.api.list(
@@ -366,6 +384,10 @@ async def reconcile_model(
         desired = render_model(name, namespace, parsed, uid=str(meta.get("uid") or ""))
         await apply(op.api, namespace, desired, None)
         loaded, errors = await sync_model_versions(op, namespace, parsed)
+        # the gateway splits traffic once every version of the split is loaded everywhere
+        ready = mc.model_status(parsed, loaded, errors, generation, [], "").ready
+        if ready:
+            await publish_weights(op, namespace, parsed, canary_weights(parsed))
     except KubeError as exc:
         raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
     new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
@@ -461,6 +483,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         except ValidationError:
             return  # never loaded
         try:
+            await publish_weights(op, namespace or "", parsed, None)
             await restore_model(op, namespace or "", parsed)
         except KubeError as exc:
             raise _temporary_or_permanent(exc, op.settings.retry_s) from exc

@@ -6,6 +6,8 @@
   mounted at ``/etc/feedserve/workflow.yaml`` in gateway, featurizer and offline-job pods
   (``FEEDSERVE_WORKFLOW``); its SHA-256 is a pod-template annotation, so editing the
   workflow rolls those pods;
+- ConfigMap ``<name>-routing``: percent of requests per model version, one key per model
+  (written by FeedModels; the gateway reads it from a volume);
 - Deployment ``<name>-featurizer`` (component ``featurizer``): two containers per pod, the
   Celery worker and the event consumer (``python -m feedserve_featurizers.consumer``). The
   consumer is a *second container* rather than its own Deployment: consumers share one Redis
@@ -147,6 +149,9 @@ POD_SECURITY: dict[str, Any] = {
 TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 WORKFLOW_MOUNT = {"name": "workflow", "mountPath": WORKFLOW_DIR, "readOnly": True}
+ROUTING_DIR = "/etc/feedserve-routing"
+"""Where the gateway sees the ``<pipeline>-routing`` ConfigMap: one file per Triton model
+with the percent of requests per version (written by FeedModels' canary rollouts)."""
 
 
 def harden(pod: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +210,7 @@ def names(pipeline: str) -> dict[str, str]:
     """The child names of a pipeline, by role."""
     return {
         "workflow": f"{pipeline}-workflow",
+        "routing": f"{pipeline}-routing",
         "featurizer": f"{pipeline}-featurizer",
         "inference": f"{pipeline}-inference",
         "triton": f"{pipeline}-triton",
@@ -452,7 +458,11 @@ def gateway_deployment(
             "--log-level=warning",
             "--timeout-graceful-shutdown=10",
         ],
-        "env": [*_env(name, namespace, spec), {"name": "FEEDSERVE_PORT", "value": str(gw.port)}],
+        "env": [
+            *_env(name, namespace, spec),
+            {"name": "FEEDSERVE_PORT", "value": str(gw.port)},
+            {"name": "FEEDSERVE_ROUTING_DIR", "value": ROUTING_DIR},
+        ],
         "ports": [{"name": "http", "containerPort": gw.port, "protocol": "TCP"}],
         "resources": resources(gw.resources),
         "readinessProbe": {
@@ -465,12 +475,18 @@ def gateway_deployment(
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "volumeMounts": [dict(WORKFLOW_MOUNT)],
+        "volumeMounts": [
+            dict(WORKFLOW_MOUNT),
+            {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True},
+        ],
     }
     pod = {
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
-        "volumes": [_workflow_volume(name)],
+        "volumes": [
+            _workflow_volume(name),
+            {"name": "routing", "configMap": {"name": names(name)["routing"], "optional": True}},
+        ],
     }
     return _deployment(
         name, namespace, "gateway", replicas, pod, owner,
@@ -609,8 +625,14 @@ def render_pipeline(
         "metadata": _metadata(n["workflow"], namespace, labels(name, "workflow"), owner),
         "data": {"workflow.yaml": text},
     }
+    routing: Manifest = {  # its data: one key per model, written by the FeedModels
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(n["routing"], namespace, labels(name, "routing"), owner),
+    }
     out: list[Manifest] = [
         config_map,
+        routing,
         featurizer_deployment(name, namespace, spec, count["featurizer"], owner, digest),
         triton_deployment(name, namespace, spec, count["inference"], owner),
         _service(

@@ -45,6 +45,11 @@ class GatewaySettings(CommonSettings):
     featurizer_timeout_s: float = Field(default=2.0, gt=0)
     retrieval_k: int = Field(default=200, ge=1, le=2000)
     max_per_author: int = Field(default=2, ge=1)
+    routing_dir: str = Field(
+        default="",
+        description="directory of per-model version weights (the operator's routing "
+        "ConfigMap; canary rollouts); empty: Triton's ready versions serve",
+    )
 
 
 class FeaturizerSettings(CommonSettings):

@@ -25,6 +25,7 @@ from feedserve.models.signatures import (
     SIGNATURES,
     ModelSignature,
 )
+from feedserve.routing import VersionRouter
 
 
 class TritonError(Exception):
@@ -84,9 +85,13 @@ class InferenceClient(Protocol):
 
 
 class AsyncTritonClient:
-    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 2.0, router: VersionRouter | None = None
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.router = router
+        """Picks the model version of each request (canary weights); none: Triton's."""
         self._client = InferenceServerClient(url=url, conn_timeout=timeout_s)
 
     async def close(self) -> None:
@@ -97,9 +102,10 @@ class AsyncTritonClient:
     ) -> dict[str, np.ndarray]:
         tensors = [_input(signature, n, v) for n, v in inputs.items()]
         outputs = [InferRequestedOutput(s.name, binary_data=True) for s in signature.outputs]
+        version = self.router.pick(signature.name) if self.router is not None else ""
         try:
             result = await asyncio.wait_for(
-                self._client.infer(signature.name, tensors, outputs=outputs),
+                self._client.infer(signature.name, tensors, outputs=outputs, model_version=version),
                 timeout=timeout_s or self.timeout_s,
             )
         except TimeoutError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -370,6 +371,9 @@ def test_feedmodel_loads_versions_into_triton_with_canary_weights(
     cm = cluster.get("v1/configmaps", NS, "feed-model-feed")
     assert cm is not None and '"3": 20' in cm["data"]["weights.json"]
     assert cm["metadata"]["ownerReferences"][0]["kind"] == "FeedModel"
+    # the gateway's traffic split, published once both versions are loaded
+    routing = cluster.get("v1/configmaps", NS, "feed-routing")
+    assert json.loads(routing["data"]["generative_ranker"]) == {"2": 80, "3": 20}
     # a pipeline resync (restoring a deleted child) leaves the FeedModel's ConfigMap alone
     cluster.delete(DEPLOYMENTS, NS, "feed-gateway")
     poll(lambda: "feed-gateway" in children(cluster, DEPLOYMENTS), 15, "gateway restored")
@@ -382,6 +386,8 @@ def test_feedmodel_loads_versions_into_triton_with_canary_weights(
     cluster.put(FM, promoted)
     poll(lambda: status().get("loadedVersions") == [3] and status().get("ready"), 60, "promoted")
     assert triton_versions(triton) == [3] and status()["servedWeights"] == {"3": 100}
+    routing = cluster.get("v1/configmaps", NS, "feed-routing")
+    assert json.loads(routing["data"]["generative_ranker"]) == {"3": 100}
 
     # drift: someone loads the model with other settings by hand; the model timer restores
     # the FeedModel's
@@ -411,6 +417,8 @@ def test_feedmodel_loads_versions_into_triton_with_canary_weights(
     # delete: the model goes back to the repository's own config
     cluster.delete(FM, NS, "feed")
     poll(lambda: batch_size() == 8, 30, "repository config restored")
+    routing = cluster.get("v1/configmaps", NS, "feed-routing")
+    assert "generative_ranker" not in (routing.get("data") or {})
     poll(lambda: cluster.get(FM, NS, "feed") is None, 15, "FeedModel gone")
 
 

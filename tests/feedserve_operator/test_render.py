@@ -53,8 +53,9 @@ def children() -> list[dict[str, Any]]:
 
 def test_children_and_labels(children: list[dict[str, Any]]) -> None:
     kinds = [(o["kind"], o["metadata"]["name"]) for o in children]
-    assert kinds[:9] == [
-        ("ConfigMap", "feed-workflow"), ("Deployment", "feed-featurizer"),
+    assert kinds[:10] == [
+        ("ConfigMap", "feed-workflow"), ("ConfigMap", "feed-routing"),
+        ("Deployment", "feed-featurizer"),
         ("Deployment", "feed-inference"), ("Service", "feed-triton"),
         ("Deployment", "feed-gateway"), ("Service", "feed-gateway"),
         ("PodDisruptionBudget", "feed-featurizer"), ("PodDisruptionBudget", "feed-inference"),
@@ -70,7 +71,7 @@ def test_children_and_labels(children: list[dict[str, Any]]) -> None:
             "apiVersion": "feedserve.io/v1alpha1", "kind": "FeedPipeline", "name": "feed",
             "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]  # fmt: skip
     assert not by_kind(children, "HorizontalPodAutoscaler")  # coupled is the default
-    assert child_key(children[1]) == ("apps/v1/Deployment", "ns", "feed-featurizer")
+    assert child_key(children[2]) == ("apps/v1/Deployment", "ns", "feed-featurizer")
 
 
 def test_no_owner_references_without_uid() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -36,6 +37,7 @@ from feedserve.gateway.schemas import (
     PostIn,
 )
 from feedserve.gateway.service import FeedConfig, FeedService
+from feedserve.routing import VersionRouter
 from feedserve.settings import FeaturizerSettings, GatewaySettings
 from feedserve.store import open_embedding_log, open_event_log, open_store
 from feedserve.store.base import EventLog, FeatureStore
@@ -135,7 +137,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        triton = AsyncTritonClient(settings.triton_url, settings.triton_timeout_s)
+        router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
+        triton = AsyncTritonClient(settings.triton_url, settings.triton_timeout_s, router)
         rt = await asyncio.to_thread(runtime_factory, settings, triton)
         app.state.rt = rt
         consumer = (
