@@ -64,7 +64,7 @@ def test_client_sends_the_routed_version(tmp_path: Path) -> None:
 
     async def run() -> None:
         client = AsyncTritonClient("127.0.0.1:1", router=VersionRouter(tmp_path))
-        client._client.infer = infer  # type: ignore[method-assign]
+        client._client.infer = infer
         try:
             history = {k: np.zeros(3, dtype=np.int64) for k in
                        ("history_post_ids", "history_actions", "history_timestamps")}  # fmt: skip
