@@ -20,7 +20,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -403,32 +403,48 @@ async def reconcile_model(
                   f"weights {new.served_weights}")  # fmt: skip
 
 
+Reconcile = Callable[
+    [Operator, str, str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any], Any, Any, bool],
+    Awaitable[None],
+]
+
+
+def _reconcilers(
+    registry: kopf.OperatorRegistry,
+    resource: tuple[str, str, str],
+    kind: str,
+    op: Operator,
+    reconcile: Reconcile,
+    resync_s: float,
+) -> None:
+    """A resource's reconcile on create/update/resume (with events), and again by a drift
+    timer that starts one interval late (a new object is the creation handler's)."""
+
+    @kopf.on.resume(*resource, registry=registry, id=f"{kind}_changed")
+    @kopf.on.create(*resource, registry=registry, id=f"{kind}_changed")
+    @kopf.on.update(*resource, registry=registry, id=f"{kind}_changed")
+    async def changed(
+        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
+        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
+    ) -> None:  # fmt: skip
+        await reconcile(op, name, namespace or "", spec, meta, status, body, patch, True)
+
+    @kopf.timer(
+        *resource, interval=resync_s, initial_delay=resync_s, registry=registry, id=f"{kind}_drift"
+    )
+    async def drift(
+        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
+        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
+    ) -> None:  # fmt: skip
+        await reconcile(op, name, namespace or "", spec, meta, status, body, patch, False)
+
+
 def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Add every handler to ``registry``."""
     pipelines = (GROUP, VERSION, "feedpipelines")
     models = (GROUP, VERSION, "feedmodels")
-
-    @kopf.on.resume(*pipelines, registry=registry)
-    @kopf.on.create(*pipelines, registry=registry)
-    @kopf.on.update(*pipelines, registry=registry)
-    async def pipeline_changed(
-        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
-        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
-    ) -> None:  # fmt: skip
-        await reconcile_pipeline(op, name, namespace or "", spec, meta, status, body, patch, True)
-
-    # drift timers start one interval late: a new object is the creation handler's
-    @kopf.timer(
-        *pipelines,
-        interval=op.settings.resync_s,
-        initial_delay=op.settings.resync_s,
-        registry=registry,
-    )
-    async def pipeline_drift(
-        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
-        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
-    ) -> None:  # fmt: skip
-        await reconcile_pipeline(op, name, namespace or "", spec, meta, status, body, patch, False)
+    _reconcilers(registry, pipelines, "pipeline", op, reconcile_pipeline, op.settings.resync_s)
+    _reconcilers(registry, models, "model", op, reconcile_model, op.settings.model_resync_s)
 
     @kopf.timer(*pipelines, interval=op.settings.autoscale_tick_s, registry=registry)
     async def pipeline_autoscale(
@@ -454,27 +470,6 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
                     await op.api.delete(kind, ns, obj["metadata"]["name"])
         except KubeError as exc:
             raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
-
-    @kopf.on.resume(*models, registry=registry)
-    @kopf.on.create(*models, registry=registry)
-    @kopf.on.update(*models, registry=registry)
-    async def model_changed(
-        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
-        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
-    ) -> None:  # fmt: skip
-        await reconcile_model(op, name, namespace or "", spec, meta, status, body, patch, True)
-
-    @kopf.timer(
-        *models,
-        interval=op.settings.model_resync_s,
-        initial_delay=op.settings.model_resync_s,
-        registry=registry,
-    )
-    async def model_drift(
-        *, name: str, namespace: str | None, spec: kopf.Spec, meta: kopf.Meta,
-        status: kopf.Status, body: kopf.Body, patch: kopf.Patch, **_: Any,
-    ) -> None:  # fmt: skip
-        await reconcile_model(op, name, namespace or "", spec, meta, status, body, patch, False)
 
     @kopf.on.delete(*models, registry=registry)
     async def model_deleted(*, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:

@@ -19,11 +19,14 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from feedserve.model_repo import prepare_model_repo
 from feedserve.settings import CommonSettings, LauncherSettings
+
+T = TypeVar("T")
 
 
 class StartupError(RuntimeError):
@@ -102,14 +105,16 @@ class ManagedProcess:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout_s: float, what: str, proc: ManagedProcess | None = None
-) -> None:
-    """Poll ``check`` until true; fail early if ``proc`` dies, or at the deadline."""
+    check: Callable[[], T | None], timeout_s: float, what: str, proc: ManagedProcess | None = None
+) -> T:
+    """Poll ``check`` until it returns something true, and return that; fail early if
+    ``proc`` dies, or at the deadline."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while time.monotonic() < deadline:
-        if check():
-            return
+        result = check()
+        if result:
+            return result
         if proc is not None and not proc.alive():
             raise StartupError(f"{what}: {proc.name} exited early\n{proc.log_tail()}")
         time.sleep(delay)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -21,6 +20,8 @@ from typing import Any, TypeVar
 import httpx
 import kmock
 import pytest
+
+from feedserve.launcher import wait_until
 
 T = TypeVar("T")
 
@@ -171,17 +172,7 @@ def cluster() -> Iterator[MockCluster]:
         mock.stop()
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="session")
 def poll() -> Callable[..., Any]:
-    return wait_for
+    """Poll a check until it returns something true (returned), failing at a deadline."""
+    return wait_until

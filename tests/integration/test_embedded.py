@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from feedserve.launcher import Stack
+from feedserve.launcher import wait_until as poll
 from feedserve.triton_client import AsyncTritonClient
 
 pytestmark = pytest.mark.integration
@@ -20,15 +19,6 @@ pytestmark = pytest.mark.integration
 def client(embedded_stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=embedded_stack.gateway_url, timeout=30.0) as c:
         yield c
-
-
-def poll(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
-    return result
 
 
 def feed_ids(client: httpx.Client, member_id: int, count: int = 20) -> list[int]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,19 +12,11 @@ import pytest
 from feedserve.data.io import read_dataset
 from feedserve.data.synthetic import DemoDataset
 from feedserve.launcher import Stack
+from feedserve.launcher import wait_until as poll
 from feedserve.store import open_store
 from feedserve.triton_client import AsyncTritonClient
 
 pytestmark = pytest.mark.integration
-
-
-def poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
-    return result
 
 
 def top_ids(stack: Stack, text: str, k: int = 5) -> list[int]:

@@ -5,7 +5,6 @@ batches concurrent members dynamically and is released as a new version the same
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from feedserve.data.io import read_dataset
 from feedserve.launcher import Stack
+from feedserve.launcher import wait_until as poll
 from feedserve.models.encoder import load_encoder_config
 from feedserve.models.retrieval import RetrievalTrainConfig
 from feedserve.release import (
@@ -29,15 +29,6 @@ from feedserve.triton_client import AsyncTritonClient
 from feedserve_featurizers.tensors import history_tensors
 
 pytestmark = pytest.mark.integration
-
-
-def poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
-    return result
 
 
 def triton_call(stack: Stack, fn: Callable[[AsyncTritonClient], Any]) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 from feedserve.data.io import read_dataset
 from feedserve.data.synthetic import DemoDataset
 from feedserve.launcher import Stack
+from feedserve.launcher import wait_until as poll
 from feedserve.store import open_store
 from feedserve.store.base import FeatureStore
 from feedserve.triton_client import AsyncTritonClient
@@ -36,17 +37,6 @@ def redis_stack(
         request.param, tmp_path_factory.mktemp("wf")
     )
     yield from stack_helpers.start_redis_stack(built, tmp_path_factory, workflow)
-
-
-def poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

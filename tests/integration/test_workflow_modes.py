@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ import pytest
 
 from feedserve.data.io import read_dataset
 from feedserve.launcher import Stack, free_port
+from feedserve.launcher import wait_until as poll
 from feedserve.settings import FeaturizerSettings
 from feedserve.store import open_store
 from feedserve.store.base import FeatureStore, StoredVector
@@ -33,17 +34,6 @@ from feedserve_featurizers.client import InProcessFeaturizer
 pytestmark = pytest.mark.integration
 
 TABLE = "member_embedding"
-
-
-def poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
