@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -297,3 +298,37 @@ def test_examples_are_valid_custom_resources(path: Path) -> None:
         assert crds.validate(doc["kind"], doc) == [], f"{path.name} document {i + 1}"
         for child in render_document(f"{path.name}#{i + 1}", doc, "default"):
             k8s_validate(child)
+
+
+BAD_PIPELINES = [
+    ({"inference": {"gpusPerPod": 9}}, "inference.gpusPerPod"),
+    ({"autoscaling": {"policy": "magic"}}, "autoscaling.policy"),
+    ({"featurizers": {"replicas": {"min": -1}}}, "featurizers.replicas.min"),
+    ({"gateway": {"port": 70000}}, "gateway.port"),
+    ({"featurizers": {"image": "Not An Image"}}, "featurizers.image"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), BAD_PIPELINES)
+def test_helm_rendered_crd_schema_rejects_bad_pipelines(spec: dict[str, Any], field: str) -> None:
+    """What the API server would refuse, checked against the CRD as Helm installs it (the
+    OpenAPI schema through a JSON-schema validator; CEL rules through ``crds.validate``)."""
+    crd = next(o for o in render(CRDS, {}) if o["spec"]["names"]["kind"] == "FeedPipeline")
+    schema = crds.values_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    validator = jsonschema.Draft7Validator(schema)
+    good = {"apiVersion": "feedserve.io/v1alpha1", "kind": "FeedPipeline",
+            "metadata": {"name": "feed"}, "spec": {}}  # fmt: skip
+    assert not list(validator.iter_errors(good))
+    bad = {**good, "spec": spec}
+    paths = [".".join(str(p) for p in e.absolute_path) for e in validator.iter_errors(bad)]
+    assert f"spec.{field}" in paths, paths
+    assert any(field in problem for problem in crds.validate("FeedPipeline", bad))
+
+
+def test_helm_rendered_crd_keeps_the_cel_rules() -> None:
+    crd = next(o for o in render(CRDS, {}) if o["spec"]["names"]["kind"] == "FeedPipeline")
+    rules = crds.emitted_rules(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    assert any("self.min <= self.max" in r for r in rules), rules
+    bad = {"apiVersion": "feedserve.io/v1alpha1", "kind": "FeedPipeline", "metadata": {"name": "f"},
+           "spec": {"inference": {"replicas": {"min": 5, "max": 2}}}}  # fmt: skip
+    assert any("replicas" in p for p in crds.validate("FeedPipeline", bad))
