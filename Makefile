@@ -12,7 +12,7 @@ MEMBERS ?= 2000
 POSTS ?= 5000
 SEED ?= 7
 
-.PHONY: run test lint typecheck unit bench venv data build clean
+.PHONY: run test lint typecheck unit bench venv data build clean images
 
 venv: $(STAMP)
 
@@ -52,6 +52,24 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/run_all.py
+
+# container images (ops/docker/, build context: the repository root), tagged with the package
+# version; skipped, with exit status 0, where no Docker engine answers
+VERSION := $(or $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' platform/feedserve/__init__.py),0.1.0)
+DOCKER_IMAGES := gateway featurizer operator triton
+
+images:
+	@if ! command -v docker >/dev/null 2>&1; then \
+	  echo "images: skipped: docker is not on PATH"; exit 0; \
+	fi; \
+	if ! docker info >/dev/null 2>&1; then \
+	  echo "images: skipped: no Docker engine answers (docker info failed)"; exit 0; \
+	fi; \
+	for x in $(DOCKER_IMAGES); do \
+	  echo "docker build -f ops/docker/$$x.Dockerfile -t feedserve/$$x:$(VERSION) ."; \
+	  docker build -f ops/docker/$$x.Dockerfile -t feedserve/$$x:$(VERSION) \
+	    --build-arg VERSION=$(VERSION) . || exit 1; \
+	done
 
 clean:
 	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -70,6 +70,10 @@ WORKFLOW_HASH = "feedserve.io/workflow-sha256"
 WORKFLOW_DIR = "/etc/feedserve"
 WORKFLOW_FILE = f"{WORKFLOW_DIR}/workflow.yaml"
 MODEL_REPO_DIR = "/models"
+ARTIFACTS_DIR = f"{MODEL_REPO_DIR}/artifacts"
+"""The model-repository volume also holds ``feedserve build``'s artifacts (bucket tables,
+encoder and tokenizer, post index, ranker), read by every pod under this path."""
+MODELS_MOUNT = {"name": "models", "mountPath": MODEL_REPO_DIR, "readOnly": True}
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 TRITON_QUEUE_METRIC = "nv_inference_queue_duration_us"
 RUN_AS = 1000
@@ -231,6 +235,7 @@ def _env(name: str, namespace: str, spec: FeedPipelineSpec) -> list[dict[str, An
         {"name": "FEEDSERVE_REDIS_PREFIX", "value": spec.redis.prefix},
         {"name": "FEEDSERVE_TRITON_URL", "value": triton_host(name, namespace)},
         {"name": "FEEDSERVE_WORKFLOW", "value": WORKFLOW_FILE},
+        {"name": "FEEDSERVE_ARTIFACTS_DIR", "value": ARTIFACTS_DIR},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
@@ -297,6 +302,12 @@ def _pdb(name: str, namespace: str, component: str, owner: dict[str, Any] | None
     }
 
 
+def _models_volume(spec: FeedPipelineSpec) -> dict[str, Any]:
+    repo = spec.inference.model_repository
+    claim = {"claimName": repo.claim_name, "readOnly": repo.read_only}
+    return {"name": "models", "persistentVolumeClaim": claim}
+
+
 def _workflow_volume(name: str) -> dict[str, Any]:
     return {"name": "workflow", "configMap": {"name": names(name)["workflow"]}}
 
@@ -334,7 +345,7 @@ def featurizer_deployment(
         ],
         "env": env,
         "resources": resources(pool.resources),
-        "volumeMounts": [dict(WORKFLOW_MOUNT)],
+        "volumeMounts": [dict(WORKFLOW_MOUNT), dict(MODELS_MOUNT)],
     }
     consumer = {
         "name": "event-consumer",
@@ -346,12 +357,12 @@ def featurizer_deployment(
             "requests": {"cpu": "250m", "memory": "512Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},
         },
-        "volumeMounts": [dict(WORKFLOW_MOUNT)],
+        "volumeMounts": [dict(WORKFLOW_MOUNT), dict(MODELS_MOUNT)],
     }
     pod = {
         "terminationGracePeriodSeconds": 60,
         "containers": [worker, consumer],
-        "volumes": [_workflow_volume(name)],
+        "volumes": [_workflow_volume(name), _models_volume(spec)],
     }
     return _deployment(
         name, namespace, "featurizer", replicas, pod, owner,
@@ -387,6 +398,7 @@ def triton_deployment(
             },
             {"name": "FEEDSERVE_REDIS_PREFIX", "value": spec.redis.prefix},
             {"name": "FEEDSERVE_DEVICE", "value": "cuda" if pool.gpus_per_pod > 0 else "cpu"},
+            {"name": "FEEDSERVE_ARTIFACTS_DIR", "value": ARTIFACTS_DIR},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
             {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
@@ -425,9 +437,7 @@ def triton_deployment(
         "terminationGracePeriodSeconds": 60,
         "containers": [container],
         "volumes": [
-            {"name": "models", "persistentVolumeClaim": {
-                "claimName": pool.model_repository.claim_name,
-                "readOnly": pool.model_repository.read_only}},
+            _models_volume(spec),
             # the Python backend exchanges tensors with its stubs through shared memory
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
         ],
@@ -477,6 +487,7 @@ def gateway_deployment(
         },
         "volumeMounts": [
             dict(WORKFLOW_MOUNT),
+            dict(MODELS_MOUNT),
             {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True},
         ],
     }
@@ -485,6 +496,7 @@ def gateway_deployment(
         "containers": [container],
         "volumes": [
             _workflow_volume(name),
+            _models_volume(spec),
             {"name": "routing", "configMap": {"name": names(name)["routing"], "optional": True}},
         ],
     }
@@ -591,6 +603,8 @@ def _jobs(
             env = [e for e in _env(name, namespace, spec) if e["name"] != "FEEDSERVE_WORKFLOW"]
             c["env"] = env + c.get("env", [])
             c["resources"] = resources(spec.featurizers.resources)
+            c["volumeMounts"] = [*c.get("volumeMounts", []), dict(MODELS_MOUNT)]
+        pod["volumes"] = [*pod.get("volumes", []), _models_volume(spec)]
         template["spec"] = harden(pod)
         out.append(job)
     return out

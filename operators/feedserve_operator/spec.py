@@ -75,7 +75,11 @@ class ModelRepository(K8sModel):
 class InferencePool(K8sModel):
     """The GPU pool: Triton Inference Server pods serving the pipeline's models."""
 
-    image: str = Field(default="nvcr.io/nvidia/tritonserver:24.08-py3", pattern=IMAGE)
+    image: str = Field(
+        default="feedserve/triton:0.1.0",
+        pattern=IMAGE,
+        description="Triton with feedserve's models and Python 3.11 backend (ops/docker)",
+    )
     gpus_per_pod: int = Field(default=1, ge=0, le=8, description="nvidia.com/gpu per pod")
     replicas: Replicas = Field(default_factory=lambda: Replicas(min=1, max=4))
     models: list[str] = Field(

@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# feedserve gateway: the HTTP front door (FastAPI under uvicorn), run as the operator's
+# `<pipeline>-gateway` Deployment runs it (operators/feedserve_operator/render.py).
+#
+# Build from the repository root (the build context):
+#   docker build -f ops/docker/gateway.Dockerfile -t feedserve/gateway:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: a wheel of the project, installed with the gateway extra into /opt/venv --------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY platform/ platform/
+COPY featurizers/ featurizers/
+COPY operators/ operators/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade "pip>=24" \
+ && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install "$(ls /wheels/feedserve-*.whl)[gateway]"
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="feedserve-gateway" \
+      org.opencontainers.image.description="feedserve gateway: the feed HTTP API (uvicorn)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/feedserve/feedserve" \
+      org.opencontainers.image.base.name="python:3.11-slim"
+# a passwd entry for uid 1000 (getpass and friends), home under /tmp; the root filesystem may
+# be read-only (the operator's pods mount an emptyDir at /tmp): nothing is written elsewhere
+RUN groupadd --gid 1000 feedserve \
+ && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin feedserve \
+ && python -m compileall -q --invalidation-mode unchecked-hash /usr/local/lib/python3.11
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    VIRTUAL_ENV=/opt/venv \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+WORKDIR /app
+USER 1000:1000
+EXPOSE 8000
+# the same command as render.py's gateway container (spec.gateway.port defaults to 8000)
+CMD ["python", "-m", "uvicorn", "feedserve.gateway.app:create_app", "--factory", \
+     "--host=0.0.0.0", "--port=8000", "--log-level=warning", "--timeout-graceful-shutdown=10"]
