@@ -45,6 +45,28 @@ class GatewaySettings(CommonSettings):
     featurizer_timeout_s: float = Field(default=2.0, gt=0)
     retrieval_k: int = Field(default=200, ge=1, le=2000)
     max_per_author: int = Field(default=2, ge=1)
+    api_keys: str = Field(
+        default="",
+        description="comma-separated API keys (from a Secret); with api_key_sha256 empty too, "
+        "no key is required",
+    )
+    api_key_sha256: str = Field(
+        default="", description="comma-separated SHA-256 hex digests of accepted API keys"
+    )
+    rate_limit_per_s: float = Field(
+        default=0.0, ge=0, description="requests per second per API key; 0: no limit"
+    )
+    rate_limit_burst: float = Field(default=50.0, ge=1, description="burst size per API key")
+    max_in_flight: int = Field(
+        default=256, ge=1, description="requests served at once; more are shed with 429"
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body")
+    triton_breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive Triton failures that open its circuit"
+    )
+    triton_breaker_cooldown_s: float = Field(
+        default=5.0, gt=0, description="how long an open circuit fails fast before a trial"
+    )
     routing_dir: str = Field(
         default="",
         description="directory of per-model version weights (the operator's routing "

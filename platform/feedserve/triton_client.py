@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +25,7 @@ from feedserve.models.signatures import (
     SIGNATURES,
     ModelSignature,
 )
+from feedserve.resilience import CircuitBreaker
 from feedserve.routing import VersionRouter
 
 
@@ -48,6 +49,26 @@ def _input(signature: ModelSignature, name: str, value: np.ndarray) -> InferInpu
     tensor = InferInput(name, list(arr.shape), spec.dtype)
     tensor.set_data_from_numpy(arr, binary_data=True)
     return tensor
+
+
+async def _infer_call(where: str, call: Awaitable[Any], timeout_s: float) -> Any:
+    """Await an inference call: server down, overloaded or slow → ``TritonUnavailable``; the
+    request rejected (400) → ``TritonRequestError``."""
+    try:
+        return await asyncio.wait_for(call, timeout=timeout_s)
+    except TimeoutError as exc:
+        raise TritonUnavailable(where, "timed out") from exc
+    except InferenceServerException as exc:
+        status = str(exc.status() or "")
+        if status in {"400", "StatusCode.INVALID_ARGUMENT"}:
+            raise TritonRequestError(where, exc.message() or str(exc)) from exc
+        raise TritonUnavailable(where, exc.message() or str(exc)) from exc
+    except OSError as exc:  # connection refused / reset (aiohttp errors subclass OSError)
+        raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiohttp"):
+            raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+        raise
 
 
 class InferenceClient(Protocol):
@@ -86,12 +107,18 @@ class InferenceClient(Protocol):
 
 class AsyncTritonClient:
     def __init__(
-        self, url: str, timeout_s: float = 2.0, router: VersionRouter | None = None
+        self,
+        url: str,
+        timeout_s: float = 2.0,
+        router: VersionRouter | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.router = router
         """Picks the model version of each request (canary weights); none: Triton's."""
+        self.breaker = breaker
+        """Fails calls fast while Triton keeps failing (the caller's fallback answers)."""
         self._client = InferenceServerClient(url=url, conn_timeout=timeout_s)
 
     async def close(self) -> None:
@@ -103,25 +130,30 @@ class AsyncTritonClient:
         tensors = [_input(signature, n, v) for n, v in inputs.items()]
         outputs = [InferRequestedOutput(s.name, binary_data=True) for s in signature.outputs]
         version = self.router.pick(signature.name) if self.router is not None else ""
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            wait = breaker.retry_after_s()
+            raise TritonUnavailable(signature.name, f"circuit open (retry in {wait:.1f}s)")
         try:
-            result = await asyncio.wait_for(
-                self._client.infer(signature.name, tensors, outputs=outputs, model_version=version),
-                timeout=timeout_s or self.timeout_s,
-            )
-        except TimeoutError as exc:
-            raise TritonUnavailable(signature.name, "timed out") from exc
-        except InferenceServerException as exc:
-            status = str(exc.status() or "")
-            if status in {"400", "StatusCode.INVALID_ARGUMENT"}:
-                raise TritonRequestError(signature.name, exc.message() or str(exc)) from exc
-            raise TritonUnavailable(signature.name, exc.message() or str(exc)) from exc
-        except OSError as exc:  # connection refused / reset (aiohttp errors subclass OSError)
-            raise TritonUnavailable(signature.name, str(exc) or type(exc).__name__) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("aiohttp"):
-                raise TritonUnavailable(signature.name, str(exc) or type(exc).__name__) from exc
+            result = await self._call(signature, tensors, outputs, version, timeout_s)
+        except TritonUnavailable:
+            if breaker is not None:
+                breaker.failure()
             raise
+        if breaker is not None:
+            breaker.success()
         return {s.name: result.as_numpy(s.name)[0] for s in signature.outputs}
+
+    async def _call(
+        self,
+        signature: ModelSignature,
+        tensors: list[InferInput],
+        outputs: list[InferRequestedOutput],
+        version: str,
+        timeout_s: float | None,
+    ) -> Any:
+        call = self._client.infer(signature.name, tensors, outputs=outputs, model_version=version)
+        return await _infer_call(signature.name, call, timeout_s or self.timeout_s)
 
     async def ready(self, models: tuple[str, ...] = tuple(SIGNATURES)) -> bool:
         """True when the server and every model in ``models`` are ready."""
@@ -274,24 +306,8 @@ class OipV2Client:
             inputs.append(tensor)
         requested = [InferRequestedOutput(n, binary_data=False) for n in outputs]
         where = f"{model} at {self.url}"
-        try:
-            result = await asyncio.wait_for(
-                self._client.infer(model, inputs, model_version=version, outputs=requested),
-                timeout=timeout_s or self.timeout_s,
-            )
-        except TimeoutError as exc:
-            raise TritonUnavailable(where, "timed out") from exc
-        except InferenceServerException as exc:
-            status = str(exc.status() or "")
-            if status in {"400", "StatusCode.INVALID_ARGUMENT"}:
-                raise TritonRequestError(where, exc.message() or str(exc)) from exc
-            raise TritonUnavailable(where, exc.message() or str(exc)) from exc
-        except OSError as exc:
-            raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("aiohttp"):
-                raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
-            raise
+        call = self._client.infer(model, inputs, model_version=version, outputs=requested)
+        result = await _infer_call(where, call, timeout_s or self.timeout_s)
         out: dict[str, np.ndarray] = {}
         for name in outputs:
             arr = result.as_numpy(name)

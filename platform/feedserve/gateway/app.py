@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from feedserve import __version__
 from feedserve.contracts import MAX_ID
-from feedserve.gateway import errors
+from feedserve.gateway import errors, guard
 from feedserve.gateway.metrics import GatewayMetrics
 from feedserve.gateway.schemas import (
     ErrorBody,
@@ -37,6 +37,7 @@ from feedserve.gateway.schemas import (
     PostIn,
 )
 from feedserve.gateway.service import FeedConfig, FeedService
+from feedserve.resilience import CircuitBreaker
 from feedserve.routing import VersionRouter
 from feedserve.settings import FeaturizerSettings, GatewaySettings
 from feedserve.store import open_embedding_log, open_event_log, open_store
@@ -138,7 +139,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
-        triton = AsyncTritonClient(settings.triton_url, settings.triton_timeout_s, router)
+        breaker = CircuitBreaker(
+            settings.triton_breaker_failures, settings.triton_breaker_cooldown_s
+        )
+        triton = AsyncTritonClient(
+            settings.triton_url, settings.triton_timeout_s, router, breaker=breaker
+        )
         rt = await asyncio.to_thread(runtime_factory, settings, triton)
         app.state.rt = rt
         consumer = (
@@ -164,6 +170,40 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    keys = guard.ApiKeys(settings.api_keys.split(","), settings.api_key_sha256.split(","))
+    limits = guard.RateLimits(settings.rate_limit_per_s, settings.rate_limit_burst)
+    gate = guard.Gate(settings.max_in_flight)
+
+    @app.middleware("http")
+    async def admit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Size, key, rate and load checks before any route (probes and metrics are open)."""
+        if request.url.path in guard.OPEN_PATHS:
+            return await call_next(request)
+        rt: Runtime | None = getattr(request.app.state, "rt", None)
+        try:
+            guard.check_body(
+                request.method,
+                request.headers.get("content-length"),
+                "chunked" in request.headers.get("transfer-encoding", "").lower(),
+                settings.max_body_bytes,
+            )
+            key_id = keys.identify(request.headers.get("x-api-key")) if keys.enabled else "-"
+            limits.check(key_id)
+            gate.enter()
+        except tuple(errors.GUARD_STATUS) as exc:
+            if rt is not None:
+                rt.service.metrics.rejected.labels(errors.GUARD_STATUS[type(exc)][1]).inc()
+            return errors.guard_response(exc)
+        if rt is not None:
+            rt.service.metrics.in_flight.inc()
+        try:
+            return await call_next(request)
+        finally:
+            gate.leave()
+            if rt is not None:
+                rt.service.metrics.in_flight.dec()
 
     @app.middleware("http")
     async def observe(

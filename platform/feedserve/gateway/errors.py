@@ -8,8 +8,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from feedserve.gateway import guard
 from feedserve.gateway.schemas import ErrorBody, ErrorDetail
 from feedserve.gateway.service import Conflict, NotFound
+from feedserve.resilience import retry_after_header
 from feedserve.store.redis_store import UNAVAILABLE_ERRORS
 from feedserve.triton_client import TritonError
 from feedserve_featurizers.client import FeaturizerUnavailable
@@ -60,7 +62,35 @@ async def on_timeout(_request: Request, exc: Exception) -> JSONResponse:
     return _body(504, f"deadline exceeded: {exc}")
 
 
+GUARD_STATUS: dict[type[Exception], tuple[int, str]] = {
+    guard.Unauthorized: (401, "unauthorized"),
+    guard.RateLimited: (429, "rate_limited"),
+    guard.Overloaded: (429, "overloaded"),
+    guard.PayloadTooLarge: (413, "too_large"),
+    guard.LengthRequired: (411, "length_required"),
+}
+"""Admission failures: status and the ``reason`` label of ``feedserve_rejected_total``."""
+
+
+def guard_response(exc: Exception) -> JSONResponse:
+    """The response of a request turned away by the guard (before any route ran)."""
+    status, _ = GUARD_STATUS[type(exc)]
+    response = _body(status, str(exc))
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is not None:
+        response.headers["Retry-After"] = retry_after_header(retry)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key"'
+    return response
+
+
+async def on_guard(_request: Request, exc: Exception) -> JSONResponse:
+    return guard_response(exc)
+
+
 def install(app: FastAPI) -> None:
+    for guard_error in GUARD_STATUS:
+        app.add_exception_handler(guard_error, on_guard)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(NotFound, on_not_found)
     app.add_exception_handler(Conflict, on_conflict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -38,6 +38,16 @@ class GatewayMetrics:
         )
         self.events = Counter(
             "feedserve_events_accepted_total", "Engagement events accepted", registry=self.registry
+        )
+        self.rejected = Counter(
+            "feedserve_rejected_total",
+            "Requests turned away before a route ran, by cause "
+            "(unauthorized, rate_limited, overloaded, too_large, length_required)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "feedserve_in_flight_requests", "Requests being served", registry=self.registry
         )
         self.posts = Counter(
             "feedserve_posts_accepted_total", "Posts accepted for indexing", registry=self.registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from feedserve.contracts import Member, Post, PostFormat, Seniority
 from feedserve.gateway.app import Runtime, create_app
+from feedserve.gateway.guard import digest
 from feedserve.gateway.metrics import GatewayMetrics
 from feedserve.gateway.schemas import (
     EventIn,
@@ -278,7 +280,16 @@ def test_post_edit_reindexes_and_delete_logs_a_tombstone() -> None:
 # --- HTTP layer -----------------------------------------------------------------------------
 @pytest.fixture()
 def http() -> Iterator[tuple[TestClient, FakeFeaturizer]]:
-    featurizer = FakeFeaturizer()
+    with gateway(GatewaySettings()) as out:
+        yield out
+
+
+@contextlib.contextmanager
+def gateway(
+    settings: GatewaySettings, featurizer: FakeFeaturizer | None = None
+) -> Iterator[tuple[TestClient, FakeFeaturizer]]:
+    """The gateway app over in-memory fakes, with ``settings``."""
+    featurizer = featurizer or FakeFeaturizer()
     store = MemoryFeatureStore()
     store.put_members(
         [
@@ -306,7 +317,7 @@ def http() -> Iterator[tuple[TestClient, FakeFeaturizer]]:
         )
         return Runtime(svc, store, svc.events, featurizer, FakeTriton(), embedded=True)
 
-    app = create_app(GatewaySettings(), runtime_factory=factory)
+    app = create_app(settings, runtime_factory=factory)
     with TestClient(app) as client:
         yield client, featurizer
 
@@ -357,3 +368,94 @@ def test_openapi_documents_routes_and_error_bodies(http: tuple[TestClient, FakeF
     assert "422" in spec["paths"]["/v1/feed"]["post"]["responses"]
     feed_schema = spec["components"]["schemas"]["FeedRequest"]
     assert feed_schema["properties"]["count"]["maximum"] == 100
+
+
+# --- admission: keys, rates, size, load ------------------------------------------------------
+FEED = {"member_id": 1, "count": 3}
+
+
+def test_api_keys_401_without_or_with_a_wrong_key_and_probes_stay_open() -> None:
+    keys = GatewaySettings(api_keys="k-one, k-two", api_key_sha256=digest("k-three"))
+    with gateway(keys) as (client, _):
+        resp = client.post("/v1/feed", json=FEED)
+        assert resp.status_code == 401 and "missing API key" in resp.json()["error"]
+        assert resp.headers["www-authenticate"].startswith("ApiKey")
+        resp = client.post("/v1/feed", json=FEED, headers={"X-API-Key": "k-four"})
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid API key"
+        for key in ("k-one", "k-two", "k-three"):
+            assert client.post("/v1/feed", json=FEED, headers={"X-API-Key": key}).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        metrics = client.get("/metrics").text
+        assert 'feedserve_rejected_total{reason="unauthorized"} 2.0' in metrics
+        assert "k-four" not in metrics and "k-one" not in metrics
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after() -> None:
+    limited = GatewaySettings(api_keys="a,b", rate_limit_per_s=0.01, rate_limit_burst=2)
+    with gateway(limited) as (client, _):
+        codes = [client.post("/v1/feed", json=FEED, headers={"X-API-Key": "a"}).status_code
+                 for _ in range(3)]  # fmt: skip
+        assert codes == [200, 200, 429]
+        resp = client.post("/v1/feed", json=FEED, headers={"X-API-Key": "a"})
+        assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
+        assert "rate limit of key" in resp.json()["error"]
+        # another key has its own bucket
+        assert client.post("/v1/feed", json=FEED, headers={"X-API-Key": "b"}).status_code == 200
+
+
+def test_body_size_limit_and_length_required() -> None:
+    with gateway(GatewaySettings(max_body_bytes=2048)) as (client, _):
+        big = {"events": [{"member_id": 1, "post_id": 2, "action": "like"}] * 100}
+        resp = client.post("/v1/events", json=big)
+        assert resp.status_code == 413 and "2048 bytes" in resp.json()["error"]
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"member_id": 1, "count": 3}'
+
+        resp = client.post(
+            "/v1/feed", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 411
+
+
+class SlowFeaturizer(FakeFeaturizer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def hydrate_member(
+        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+    ) -> dict[str, Any]:
+        self.waiting += 1
+        await self.release.wait()
+        return await super().hydrate_member(member_id, session, now, with_prompt)
+
+
+def test_overload_sheds_with_429_and_admitted_requests_complete() -> None:
+    import httpx
+
+    slow = SlowFeaturizer()
+    app_settings = GatewaySettings(max_in_flight=2)
+    with gateway(app_settings, slow) as (client, _):
+        app = client.app
+
+        async def burst() -> list[int]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+                first = [asyncio.create_task(c.post("/v1/feed", json=FEED)) for _ in range(2)]
+                while slow.waiting < 2:  # both admitted requests are in the featurizer
+                    await asyncio.sleep(0.01)
+                shed = await c.post("/v1/feed", json=FEED)
+                slow.release.set()
+                done = await asyncio.gather(*first)
+                return [shed.status_code, int(shed.headers["retry-after"])] + [
+                    r.status_code for r in done
+                ]
+
+        assert client.portal is not None
+        shed_code, retry_after, *admitted = client.portal.call(burst)
+        assert shed_code == 429 and retry_after >= 1
+        assert admitted == [200, 200]
+        assert client.post("/v1/feed", json=FEED).status_code == 200  # capacity is back
