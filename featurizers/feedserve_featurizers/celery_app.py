@@ -6,10 +6,13 @@ The task queue is named after the Redis key prefix, so several stacks can share 
 
 from __future__ import annotations
 
-from celery import Celery
+import contextlib
+from typing import Any
+
+from celery import Celery, signals
 from kombu.serialization import register
 
-from feedserve import codec
+from feedserve import codec, tracing
 from feedserve.settings import FeaturizerSettings
 
 register(
@@ -19,6 +22,43 @@ register(
     content_type=codec.CONTENT_TYPE,
     content_encoding="binary",
 )
+
+
+_spans: dict[str, contextlib.ExitStack] = {}
+
+
+@signals.before_task_publish.connect
+def _publish_trace(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """The sender's trace context rides in the task message's headers."""
+    if headers is not None:
+        headers.update(tracing.inject())
+
+
+@signals.task_prerun.connect
+def _start_span(task_id: str = "", task: Any = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    headers = {
+        k: getattr(request, k, None) or (getattr(request, "headers", None) or {}).get(k)
+        for k in ("traceparent", "tracestate")
+    }
+    stack = contextlib.ExitStack()
+    stack.enter_context(
+        tracing.continued({k: v for k, v in headers.items() if v}, f"celery {task.name}")
+    )
+    _spans[task_id] = stack
+
+
+@signals.task_postrun.connect
+def _end_span(task_id: str = "", **_: Any) -> None:
+    stack = _spans.pop(task_id, None)
+    if stack is not None:
+        stack.close()
+
+
+@signals.worker_init.connect
+def _configure_tracing(**_: Any) -> None:
+    settings = FeaturizerSettings()
+    tracing.configure("feedserve-featurizer", settings.otlp_endpoint, settings.trace_file)
 
 
 def queue_name(prefix: str) -> str:

@@ -59,7 +59,14 @@ def run(settings: FeaturizerSettings, stop: threading.Event) -> None:
     log.info("event consumer %s started (nearline steps: %s)", consumer, steps)
     while not stop.is_set():
         try:
-            drain_once(events, store, consumer, block_ms=500, after_apply=refresher)
+            drain_once(
+                events,
+                store,
+                consumer,
+                block_ms=500,
+                reclaim_idle_ms=settings.event_reclaim_idle_ms,
+                after_apply=refresher,
+            )
         except Exception:  # keep consuming: unacknowledged events are re-claimed later
             log.exception("applying events failed; will retry")
             stop.wait(1.0)

@@ -26,6 +26,10 @@ class CommonSettings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var/data"), description="demo data set directory")
     history_max_len: int = Field(default=1024, ge=1, description="events kept per member")
+    otlp_endpoint: str = Field(
+        default="", description="OTLP/HTTP traces endpoint; empty: no export (tracing off)"
+    )
+    trace_file: str = Field(default="", description="also write spans as JSON lines here")
     workflow: Path | None = Field(
         default=None,
         description="feed workflow file (YAML); default: the packaged feedserve/workflow/feed.yaml",
@@ -85,6 +89,11 @@ class FeaturizerSettings(CommonSettings):
     popular_candidates: int = Field(default=50, ge=0)
     fresh_candidates: int = Field(default=50, ge=0)
     worker_concurrency: int = Field(default=4, ge=1)
+    event_reclaim_idle_ms: int = Field(
+        default=30_000,
+        ge=100,
+        description="a dead consumer's pending events are re-claimed after this idle time",
+    )
 
 
 class ModelSettings(CommonSettings):

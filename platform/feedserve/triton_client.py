@@ -18,6 +18,7 @@ from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from feedserve import tracing
 from feedserve.models.signatures import (
     GENERATIVE_RANKER,
     POST_INDEX,
@@ -134,12 +135,15 @@ class AsyncTritonClient:
         if breaker is not None and not breaker.allow():
             wait = breaker.retry_after_s()
             raise TritonUnavailable(signature.name, f"circuit open (retry in {wait:.1f}s)")
+        span, token = tracing.start(f"triton {signature.name}", **{"feedserve.version": version})
         try:
             result = await self._call(signature, tensors, outputs, version, timeout_s)
         except TritonUnavailable:
             if breaker is not None:
                 breaker.failure()
             raise
+        finally:
+            tracing.end(span, token)
         if breaker is not None:
             breaker.success()
         return {s.name: result.as_numpy(s.name)[0] for s in signature.outputs}

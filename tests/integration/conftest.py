@@ -6,6 +6,7 @@ test's Redis prefix is deleted.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,14 +51,18 @@ def workflow_with_member_embedding(mode: str, out_dir: Path) -> Path:
 
 
 def start_redis_stack(
-    built: object, tmp_path_factory: pytest.TempPathFactory, workflow: Path | None = None
+    built: object,
+    tmp_path_factory: pytest.TempPathFactory,
+    workflow: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """The disaggregated stack: Triton + Redis + Celery worker + event consumer + gateway."""
+    """The disaggregated stack: Triton + Redis + Celery worker + event consumer + gateway
+    (``env``: extra environment of every process)."""
     if not redis_answers(REDIS_URL):
         pytest.fail(f"Redis does not answer at {REDIS_URL}; .ci/run starts one (see README)")
     settings = _settings(built, tmp_path_factory.mktemp("run"), REDIS_URL, workflow)
     load_dataset(settings)
-    stack = Stack(settings, Ports.allocate(settings.host))
+    stack = Stack(settings, Ports.allocate(settings.host), env={**os.environ, **(env or {})})
     try:
         with stack:
             yield stack

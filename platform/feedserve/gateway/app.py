@@ -21,7 +21,7 @@ from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from feedserve import __version__
+from feedserve import __version__, tracing
 from feedserve.contracts import MAX_ID
 from feedserve.gateway import errors, guard
 from feedserve.gateway.metrics import GatewayMetrics
@@ -136,6 +136,8 @@ def create_app(
     """The gateway app; ``runtime_factory`` builds its dependencies (tests pass fakes)."""
     settings = settings or GatewaySettings()
 
+    tracing.configure("feedserve-gateway", settings.otlp_endpoint, settings.trace_file)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
@@ -210,9 +212,13 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        span, token = tracing.start(f"HTTP {request.method}")
+        try:
+            response = await call_next(request)
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            tracing.end(span, token, **{"http.route": path})
         rt: Runtime | None = getattr(request.app.state, "rt", None)
         if rt is not None:
             rt.service.metrics.latency.labels(path).observe(time.perf_counter() - start)

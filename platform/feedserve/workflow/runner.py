@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from feedserve import tracing
 from feedserve.store.base import StoredVector
 from feedserve.triton_client import OipV2Client
 from feedserve.workflow.ops import (
@@ -205,6 +206,7 @@ class Runner:
         t0 = time.perf_counter()
         status, detail = "ok", ""
         WANTED.set(frozenset(o for o in step.outputs if o in st.demand))  # this task only
+        span, token = tracing.start(f"step {name}", **{"feedserve.mode": step.mode.value})
         try:
             if step.mode.materialized and name not in st.compute:
                 out, status, detail = await self._read(step, st)
@@ -218,6 +220,7 @@ class Runner:
             status, detail = "failed", _describe(exc)
             raise
         finally:
+            tracing.end(span, token, **{"feedserve.status": status})
             began = st.began.get(name, t0)
             seconds = time.perf_counter() - began
             start_ms = (began - st.start_perf) * 1000
