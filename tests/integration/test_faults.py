@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 
 from feedserve.launcher import ManagedProcess, Stack, http_ok
 from feedserve.launcher import wait_until as poll
@@ -152,3 +154,33 @@ def test_triton_down_degrades_then_recovers(client: httpx.Client, stack: Stack) 
     again = stack.start_triton()
     poll(http_ok(f"http://{stack.triton_url}/v2/health/ready"), 240, "tritonserver back", again)
     poll(lambda: not body()["degraded"], 30, "answers without fallbacks again")
+
+
+def test_generated_requests_never_get_a_5xx(stack: Stack) -> None:
+    """Property-based requests from the gateway's own OpenAPI spec (valid and invalid bodies,
+    ids at the bounds, unknown posts, …) against the real stack, 25 per operation: any answer
+    but a 5xx. Runs last in this module: its random events and deletions do not disturb the
+    tests above."""
+    schema = schemathesis.openapi.from_url(f"{stack.gateway_url}/openapi.json")
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 8
+
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        def check(case: Any) -> None:
+            response = case.call(base_url=stack.gateway_url, timeout=30)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path}: {response.status_code} "
+                                f"{response.text[:200]}")  # fmt: skip
+
+        check()
+    assert not failures, failures

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from feedserve.contracts import MAX_ID, ArticleMeta, PostFormat
 
@@ -122,7 +122,15 @@ class PostEdit(_Strict):
     format: PostFormat | None = None
     topic: str | None = Field(default=None, min_length=1, max_length=64)
     text: str | None = Field(default=None, min_length=1, max_length=10_000)
-    article: ArticleMeta | None = None
+    article: ArticleMeta | None = Field(default=None, description="null removes the article")
+
+    @field_validator("format", "topic", "text", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        """Every post has these: leave a field out to keep it, null cannot clear it."""
+        if value is None:
+            raise ValueError("may not be null (leave the field out to keep its value)")
+        return value
 
 
 class PostAccepted(BaseModel):

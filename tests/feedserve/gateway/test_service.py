@@ -340,6 +340,9 @@ def test_http_feed_events_posts_and_errors(http: tuple[TestClient, FakeFeaturize
     created = featurizer.indexed[-1]
     assert client.patch(f"/v1/posts/{created}", json={"topic": "new"}).status_code == 202
     assert client.patch(f"/v1/posts/{created}", json={"author_id": 9}).status_code == 422
+    resp = client.patch(f"/v1/posts/{created}", json={"text": None})  # found by schemathesis
+    assert resp.status_code == 422 and resp.json()["error"] == "invalid request: text"
+    assert client.patch(f"/v1/posts/{created}", json={"article": None}).status_code == 202
     assert client.delete(f"/v1/posts/{created}").status_code == 204
     resp = client.delete(f"/v1/posts/{created}")
     assert resp.status_code == 404 and "does not exist" in resp.json()["error"]
