@@ -39,6 +39,14 @@ class TritonError(Exception):
 class TritonUnavailable(TritonError):
     """The server did not answer in time or refused the connection."""
 
+    def __init__(self, model: str, message: str, retryable: bool = False) -> None:
+        super().__init__(model, message)
+        self.retryable = retryable
+        """The connection failed before the server could have worked on the request."""
+
+
+RETRY_BACKOFF_S = 0.02
+
 
 class TritonRequestError(TritonError):
     """The server answered with an error for this request."""
@@ -65,10 +73,10 @@ async def _infer_call(where: str, call: Awaitable[Any], timeout_s: float) -> Any
             raise TritonRequestError(where, exc.message() or str(exc)) from exc
         raise TritonUnavailable(where, exc.message() or str(exc)) from exc
     except OSError as exc:  # connection refused / reset (aiohttp errors subclass OSError)
-        raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+        raise TritonUnavailable(where, str(exc) or type(exc).__name__, retryable=True) from exc
     except Exception as exc:
         if type(exc).__module__.startswith("aiohttp"):
-            raise TritonUnavailable(where, str(exc) or type(exc).__name__) from exc
+            raise TritonUnavailable(where, str(exc) or type(exc).__name__, retryable=True) from exc
         raise
 
 
@@ -137,7 +145,17 @@ class AsyncTritonClient:
             raise TritonUnavailable(signature.name, f"circuit open (retry in {wait:.1f}s)")
         span, token = tracing.start(f"triton {signature.name}", **{"feedserve.version": version})
         try:
-            result = await self._call(signature, tensors, outputs, version, timeout_s)
+            try:
+                result = await self._call(signature, tensors, outputs, version, timeout_s)
+            except TritonUnavailable as exc:
+                # inference is idempotent: a refused or reset connection (a pod restarting,
+                # a Service switching endpoints) is worth one quick retry; a timeout is not,
+                # it has spent the step's budget already
+                if not exc.retryable or (breaker is not None and not breaker.allow()):
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_S)
+                span.set_attribute("feedserve.retried", True)
+                result = await self._call(signature, tensors, outputs, version, timeout_s)
         except TritonUnavailable:
             if breaker is not None:
                 breaker.failure()

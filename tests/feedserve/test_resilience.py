@@ -116,6 +116,46 @@ def test_triton_client_fails_fast_while_the_circuit_is_open() -> None:
         return messages
 
     messages = asyncio.run(run())
-    assert len(calls) == 3  # two failures open it; two calls fail fast; one trial later
+    # each failed call was tried twice (a refused connection is retried once); two failed
+    # calls open the circuit; two calls fail fast; after the cooldown one trial, not retried
+    assert len(calls) == 2 + 2 + 0 + 0 + 1
     assert "circuit open" in messages[2] and "circuit open" in messages[3]
     assert "refused" in messages[0]
+
+
+def test_a_refused_connection_is_retried_once_but_a_timeout_is_not() -> None:
+    outcomes: list[Any] = [ConnectionResetError("reset"), np.ones((1, 4), dtype=np.float32)]
+    calls: list[str] = []
+
+    class Result:
+        def __init__(self, arr: np.ndarray) -> None:
+            self.arr = arr
+
+        def as_numpy(self, name: str) -> np.ndarray:
+            return self.arr if name == "embedding" else np.array([b"space"], dtype=object)
+
+    async def infer(model: str, inputs: Any, outputs: Any, model_version: str = "") -> Any:
+        calls.append(model)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Result(outcome)
+
+    async def slow(model: str, inputs: Any, outputs: Any, model_version: str = "") -> Any:
+        calls.append(model)
+        await asyncio.sleep(10)
+
+    async def run() -> None:
+        client = AsyncTritonClient("127.0.0.1:1", timeout_s=0.05)
+        try:
+            client._client.infer = infer
+            out = await client.embed_ids(np.zeros(4, dtype=np.int64))
+            assert out.shape == (4,) and len(calls) == 2
+            client._client.infer = slow
+            with pytest.raises(TritonUnavailable, match="timed out"):
+                await client.embed_ids(np.zeros(4, dtype=np.int64))
+            assert len(calls) == 3  # no retry after a timeout
+        finally:
+            await client.close()
+
+    asyncio.run(run())
