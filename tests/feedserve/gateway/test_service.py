@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from feedserve.gateway.schemas import (
     SessionIn,
 )
 from feedserve.gateway.service import Conflict, FeedConfig, FeedService, NotFound
+from feedserve.launcher import wait_until as poll
 from feedserve.settings import GatewaySettings
 from feedserve.store.base import EmbeddingRecord
 from feedserve.store.memory import MemoryEventLog, MemoryFeatureStore
@@ -425,14 +427,14 @@ def test_body_size_limit_and_length_required() -> None:
 class SlowFeaturizer(FakeFeaturizer):
     def __init__(self) -> None:
         super().__init__()
-        self.release = asyncio.Event()
+        self.release = threading.Event()  # set from any thread or loop
         self.waiting = 0
 
     async def hydrate_member(
         self, member_id: int, session: Any, now: int, with_prompt: bool = True
     ) -> dict[str, Any]:
         self.waiting += 1
-        await self.release.wait()
+        await asyncio.to_thread(self.release.wait, 30)
         return await super().hydrate_member(member_id, session, now, with_prompt)
 
 
@@ -462,3 +464,36 @@ def test_overload_sheds_with_429_and_admitted_requests_complete() -> None:
         assert shed_code == 429 and retry_after >= 1
         assert admitted == [200, 200]
         assert client.post("/v1/feed", json=FEED).status_code == 200  # capacity is back
+
+
+def test_shutdown_drains_requests_in_flight() -> None:
+    """What SIGTERM does to uvicorn (``should_exit``) while a feed is being computed: the
+    server stops accepting, finishes that request with 200, then exits."""
+    import httpx
+    import uvicorn
+
+    from feedserve.launcher import free_port
+
+    slow = SlowFeaturizer()
+    port = free_port()
+    with gateway(GatewaySettings(), slow) as (client, _):
+        config = uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning",
+                                lifespan="off", timeout_graceful_shutdown=10)  # fmt: skip
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        poll(lambda: server.started, 10, "server started")
+        result: list[int] = []
+
+        def call() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+                result.append(c.post("/v1/feed", json=FEED).status_code)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        poll(lambda: slow.waiting >= 1, 10, "request in the featurizer")
+        server.should_exit = True  # the signal handler's doing
+        slow.release.set()
+        caller.join(20)
+        thread.join(20)
+        assert result == [200] and not thread.is_alive()
