@@ -133,6 +133,9 @@ def up(
         typer.Option(help="Redis URL; default: redis://127.0.0.1:6379/0 if it answers, else none"),
     ] = None,
     embedded: Annotated[bool, typer.Option(help="no Redis: in-process featurizer")] = False,
+    monolith: Annotated[
+        bool, typer.Option(help="one process: store, featurizer and models in the gateway")
+    ] = False,
     workflow: Annotated[
         Path | None,
         typer.Option(help="feed workflow file (default: FEEDSERVE_WORKFLOW or feed.yaml)"),
@@ -155,7 +158,9 @@ def up(
 
         load(workflow)  # invalid: a clear error now, not a gateway that fails to start
         base = base.model_copy(update={"workflow": workflow.resolve()})
-    url = "" if embedded else (redis_url or base.redis_url or "redis://127.0.0.1:6379/0")
+    url = (
+        "" if embedded or monolith else (redis_url or base.redis_url or "redis://127.0.0.1:6379/0")
+    )
     if url and not redis_answers(url):
         if redis_url:
             raise CLIError(f"Redis does not answer at {url}")
@@ -168,6 +173,7 @@ def up(
             "artifacts_dir": artifacts,
             "featurizer_workers": workers,
             "gateway_port": port,
+            "monolith": monolith,
         }
     )
     if url:
@@ -191,6 +197,8 @@ def up(
     with console.status("starting the stack…"):
         stack.start()
     mode = f"Redis {url}, {workers} Celery worker(s)" if url else "embedded (in-process featurizer)"
+    if monolith:
+        mode = "monolith (one process: store, featurizer and models in the gateway)"
     example = json.dumps({"member_id": 42, "count": 5})
     console.print(
         f"\n[bold green]feedserve is up[/] in {time.perf_counter() - started:.0f}s — {mode}\n"

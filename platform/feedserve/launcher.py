@@ -232,6 +232,9 @@ class Stack:
         )
         if s.workflow is not None:
             env["FEEDSERVE_WORKFLOW"] = str(Path(s.workflow).resolve())
+        if s.monolith:
+            env["FEEDSERVE_INFERENCE"] = "local"
+            env["FEEDSERVE_REDIS_URL"] = ""
         return env
 
     def _add(self, name: str, cmd: list[str], env: dict[str, str]) -> ManagedProcess:
@@ -295,6 +298,13 @@ class Stack:
     def start(self) -> None:
         s = self.settings
         try:
+            if s.monolith:
+                self.on_progress("starting the gateway (monolith: store, featurizer, models)")
+                gateway = self.start_gateway()
+                wait_until(
+                    http_ok(f"{self.gateway_url}/readyz"), s.startup_timeout_s, "gateway", gateway
+                )
+                return
             self.on_progress("starting tritonserver (3 models)")
             triton = self.start_triton()
             if not s.embedded and s.featurizer_workers > 0:

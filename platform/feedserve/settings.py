@@ -8,6 +8,7 @@ artifacts are). Each process has its own subclass; nothing else in the code base
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,11 @@ class GatewaySettings(CommonSettings):
     triton_breaker_cooldown_s: float = Field(
         default=5.0, gt=0, description="how long an open circuit fails fast before a trial"
     )
+    inference: Literal["triton", "local"] = Field(
+        default="triton",
+        description="triton: the models run in Triton; local: in the gateway process "
+        "(monolith mode, with the embedded store and featurizer: one process in all)",
+    )
     routing_dir: str = Field(
         default="",
         description="directory of per-model version weights (the operator's routing "
@@ -126,3 +132,8 @@ class LauncherSettings(CommonSettings):
 
     featurizer_workers: int = Field(default=1, ge=0)
     startup_timeout_s: float = Field(default=180.0, gt=0)
+    monolith: bool = Field(
+        default=False,
+        description="one process: the gateway with the store, featurizer and models inside "
+        "(no Redis, no Celery, no Triton); for comparison and single-node use",
+    )

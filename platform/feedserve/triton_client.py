@@ -114,7 +114,70 @@ class InferenceClient(Protocol):
     async def close(self) -> None: ...
 
 
-class AsyncTritonClient:
+class ModelCalls:
+    """The three models' calls, built on ``_infer`` (Triton over HTTP, or in-process)."""
+
+    async def _infer(
+        self, signature: ModelSignature, inputs: Mapping[str, np.ndarray], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    async def embed_ids(self, input_ids: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        return (await self.embed_ids_tagged(input_ids, timeout_s))[0]
+
+    async def embed_ids_tagged(
+        self, input_ids: np.ndarray, timeout_s: float | None = None
+    ) -> tuple[np.ndarray, str]:
+        """The embedding and the fingerprint of the encoder (embedding space) that made it."""
+        out = await self._infer(RETRIEVAL_ENCODER, {"input_ids": input_ids}, timeout_s)
+        return out["embedding"], tensor_text(out["space"])
+
+    async def embed_text(self, text: str, timeout_s: float | None = None) -> np.ndarray:
+        arr = np.array([text.encode("utf-8")], dtype=np.object_)
+        out = await self._infer(RETRIEVAL_ENCODER, {"text": arr}, timeout_s)
+        return out["embedding"]
+
+    async def search(
+        self,
+        query: np.ndarray | None,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        timeout_s: float | None = None,
+        *,
+        query_post_ids: np.ndarray | None = None,
+        blocked_author_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` posts for an embedding, or for the mean of ``query_post_ids``."""
+        inputs: dict[str, np.ndarray] = {"k": np.array([k], dtype=np.int32)}
+        if query is not None:
+            inputs["query"] = query
+        if query_post_ids is not None:
+            inputs["query_post_ids"] = np.asarray(query_post_ids, dtype=np.int64)
+        for name, ids in (("exclude_ids", exclude_ids), ("blocked_author_ids", blocked_author_ids)):
+            if ids is not None and len(ids):
+                inputs[name] = np.asarray(ids, dtype=np.int64)
+        out = await self._infer(POST_INDEX, inputs, timeout_s)
+        return out["post_ids"], out["scores"]
+
+    async def rank(
+        self,
+        history: Mapping[str, np.ndarray],
+        candidate_ids: np.ndarray,
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
+        inputs = {
+            "history_post_ids": history["history_post_ids"],
+            "history_actions": history["history_actions"],
+            "history_timestamps": history["history_timestamps"],
+            "candidate_ids": candidate_ids,
+        }
+        if history.get("request_time") is not None:
+            inputs["request_time"] = np.asarray([history["request_time"]], dtype=np.int64)
+        out = await self._infer(GENERATIVE_RANKER, inputs, timeout_s)
+        return out["scores"]
+
+
+class AsyncTritonClient(ModelCalls):
     def __init__(
         self,
         url: str,
@@ -189,43 +252,6 @@ class AsyncTritonClient:
         except Exception:
             return False
 
-    async def embed_ids(self, input_ids: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        return (await self.embed_ids_tagged(input_ids, timeout_s))[0]
-
-    async def embed_ids_tagged(
-        self, input_ids: np.ndarray, timeout_s: float | None = None
-    ) -> tuple[np.ndarray, str]:
-        """The embedding and the fingerprint of the encoder (embedding space) that made it."""
-        out = await self._infer(RETRIEVAL_ENCODER, {"input_ids": input_ids}, timeout_s)
-        return out["embedding"], tensor_text(out["space"])
-
-    async def embed_text(self, text: str, timeout_s: float | None = None) -> np.ndarray:
-        arr = np.array([text.encode("utf-8")], dtype=np.object_)
-        out = await self._infer(RETRIEVAL_ENCODER, {"text": arr}, timeout_s)
-        return out["embedding"]
-
-    async def search(
-        self,
-        query: np.ndarray | None,
-        k: int,
-        exclude_ids: np.ndarray | None = None,
-        timeout_s: float | None = None,
-        *,
-        query_post_ids: np.ndarray | None = None,
-        blocked_author_ids: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` posts for an embedding, or for the mean of ``query_post_ids``."""
-        inputs: dict[str, np.ndarray] = {"k": np.array([k], dtype=np.int32)}
-        if query is not None:
-            inputs["query"] = query
-        if query_post_ids is not None:
-            inputs["query_post_ids"] = np.asarray(query_post_ids, dtype=np.int64)
-        for name, ids in (("exclude_ids", exclude_ids), ("blocked_author_ids", blocked_author_ids)):
-            if ids is not None and len(ids):
-                inputs[name] = np.asarray(ids, dtype=np.int64)
-        out = await self._infer(POST_INDEX, inputs, timeout_s)
-        return out["post_ids"], out["scores"]
-
     async def load_model(self, name: str) -> None:
         """(Re)load a model: Triton switches to the newest version in the repository."""
         try:
@@ -276,23 +302,6 @@ class AsyncTritonClient:
             if m.get("name") == name and m.get("state") == "READY" and m.get("version")
         ]
         return str(max(ready)) if ready else ""
-
-    async def rank(
-        self,
-        history: Mapping[str, np.ndarray],
-        candidate_ids: np.ndarray,
-        timeout_s: float | None = None,
-    ) -> np.ndarray:
-        inputs = {
-            "history_post_ids": history["history_post_ids"],
-            "history_actions": history["history_actions"],
-            "history_timestamps": history["history_timestamps"],
-            "candidate_ids": candidate_ids,
-        }
-        if history.get("request_time") is not None:
-            inputs["request_time"] = np.asarray([history["request_time"]], dtype=np.int64)
-        out = await self._infer(GENERATIVE_RANKER, inputs, timeout_s)
-        return out["scores"]
 
 
 class OipV2Client:

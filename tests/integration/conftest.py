@@ -99,6 +99,18 @@ def embedded_stack(built: object, tmp_path_factory: pytest.TempPathFactory) -> I
     log.unlink(missing_ok=True)
 
 
+@pytest.fixture(scope="module")
+def monolith_stack(built: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Monolith mode: one gateway process with the store, featurizer and the models."""
+    settings = _settings(built, tmp_path_factory.mktemp("run-monolith"), "")
+    settings = settings.model_copy(update={"monolith": True})
+    log = Path(settings.artifacts_dir) / "nearline" / "post_embeddings.log"
+    log.unlink(missing_ok=True)
+    with Stack(settings, Ports.allocate(settings.host)) as stack:
+        yield stack
+    log.unlink(missing_ok=True)
+
+
 @pytest.fixture()
 def client(redis_stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=redis_stack.gateway_url, timeout=30.0) as c:

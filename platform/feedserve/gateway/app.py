@@ -93,7 +93,7 @@ async def _consume_forever(
             await asyncio.sleep(1.0)
 
 
-def build_runtime(settings: GatewaySettings, triton: AsyncTritonClient) -> Runtime:
+def build_runtime(settings: GatewaySettings, triton: InferenceClient) -> Runtime:
     store = open_store(settings)
     events = open_event_log(settings)
     embedding_log = open_embedding_log(settings)
@@ -127,7 +127,22 @@ def build_runtime(settings: GatewaySettings, triton: AsyncTritonClient) -> Runti
     return Runtime(service, store, events, featurizer, triton, settings.embedded, refresher)
 
 
-RuntimeFactory = Callable[[GatewaySettings, AsyncTritonClient], Runtime]
+RuntimeFactory = Callable[[GatewaySettings, InferenceClient], Runtime]
+
+
+def inference_client(settings: GatewaySettings) -> InferenceClient:
+    """Triton (with canary routing and a circuit breaker), or the models in this process."""
+    if settings.inference == "local":
+        from feedserve.models.local_inference import LocalInferenceClient
+        from feedserve.settings import ModelSettings
+
+        fields = set(ModelSettings.model_fields) & set(GatewaySettings.model_fields)
+        return LocalInferenceClient(ModelSettings(**settings.model_dump(include=fields)))
+    router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
+    breaker = CircuitBreaker(settings.triton_breaker_failures, settings.triton_breaker_cooldown_s)
+    return AsyncTritonClient(
+        settings.triton_url, settings.triton_timeout_s, router, breaker=breaker
+    )
 
 
 def create_app(
@@ -140,13 +155,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
-        breaker = CircuitBreaker(
-            settings.triton_breaker_failures, settings.triton_breaker_cooldown_s
-        )
-        triton = AsyncTritonClient(
-            settings.triton_url, settings.triton_timeout_s, router, breaker=breaker
-        )
+        triton = await asyncio.to_thread(inference_client, settings)
         rt = await asyncio.to_thread(runtime_factory, settings, triton)
         app.state.rt = rt
         consumer = (

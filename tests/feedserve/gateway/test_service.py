@@ -29,7 +29,7 @@ from feedserve.launcher import wait_until as poll
 from feedserve.settings import GatewaySettings
 from feedserve.store.base import EmbeddingRecord
 from feedserve.store.memory import MemoryEventLog, MemoryFeatureStore
-from feedserve.triton_client import AsyncTritonClient, TritonUnavailable
+from feedserve.triton_client import InferenceClient, TritonUnavailable
 from feedserve_featurizers.client import FeaturizerUnavailable
 
 AUTHORS = {p: 100 + p % 7 for p in range(1, 61)}
@@ -307,7 +307,7 @@ def gateway(
         ]
     )
 
-    def factory(settings: GatewaySettings, triton: AsyncTritonClient) -> Runtime:
+    def factory(settings: GatewaySettings, triton: InferenceClient) -> Runtime:
         svc = FeedService(
             store,
             MemoryEventLog(),
