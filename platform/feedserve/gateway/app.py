@@ -155,7 +155,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        triton = await asyncio.to_thread(inference_client, settings)
+        triton = inference_client(settings)  # in the loop: the aiohttp client needs it
         rt = await asyncio.to_thread(runtime_factory, settings, triton)
         app.state.rt = rt
         consumer = (

@@ -1,0 +1,37 @@
+"""The end-to-end benchmark runs (quick mode) through a disaggregated and a monolith stack and
+reports well-formed results. Correctness only: the numbers live in ops/results/e2e.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.ops.conftest import Bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_e2e_quick(bench: Bench, built: Any, tmp_path: Path) -> None:
+    bench.quick("e2e.py", tmp_path, "--data", str(built.data_dir),
+                "--artifacts", str(built.artifacts_dir), timeout=900)  # fmt: skip
+    data = bench.results(tmp_path, "e2e")
+    assert data["quick"] is True and data["device"].startswith("CPU")
+    assert set(data["rows"]) == {"disaggregated", "monolith"}
+    assert set(data["saturation_rps"]) == {"disaggregated", "monolith"}
+    for cfg, rows in data["rows"].items():
+        assert [r["offered_rps"] for r in rows] == [2.0, 6.0]
+        for r in rows:
+            assert r["requests"] == r["ok"] + r["errors"] and r["ok"] > 0, cfg
+            assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+            assert r["throughput_rps"] > 0
+            assert {"featurize", "rank"} <= set(r["stages_ms"]), r["stages_ms"]
+    low = data["rows"]["disaggregated"][0]
+    # Triton's own compute is part of, and smaller than, the end-to-end time
+    assert 0 < low["model_compute_ms"] < low["mean_ms"]
+    assert data["overhead_fraction_low_load"] == pytest.approx(low["overhead_fraction"])
+    assert 0 < data["overhead_fraction_low_load"] < 1
+    assert "model_compute_ms" not in data["rows"]["monolith"][0]  # no Triton to ask
+    assert (tmp_path / "e2e.png").read_bytes().startswith(bench.PNG_MAGIC)
