@@ -12,7 +12,7 @@ MEMBERS ?= 2000
 POSTS ?= 5000
 SEED ?= 7
 
-.PHONY: run test lint typecheck unit bench venv data build clean images
+.PHONY: run test lint typecheck unit bench bench-e2e venv data build clean images
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/run_all.py
+
+# the end-to-end sweep alone (disaggregated vs monolith) on the built demo data
+bench-e2e: build
+	$(BIN)/python ops/bench/e2e.py --data var/data --artifacts var/artifacts
 
 # container images (ops/docker/, build context: the repository root), tagged with the package
 # version; skipped, with exit status 0, where no Docker engine answers
