@@ -147,9 +147,10 @@ def _previous(status: Mapping[str, Any]) -> list[Condition]:
     return out
 
 
-def _temporary_or_permanent(exc: KubeError, retry_s: float) -> kopf.PermanentError:
+def _failure(exc: KubeError, retry_s: float) -> kopf.TemporaryError | kopf.PermanentError:
+    """What a failed API call becomes: retried later if transient, reported otherwise."""
     if exc.transient:
-        raise kopf.TemporaryError(str(exc), delay=retry_s) from exc
+        return kopf.TemporaryError(str(exc), delay=retry_s)
     return kopf.PermanentError(str(exc))
 
 
@@ -254,7 +255,9 @@ async def reconcile_pipeline(
     except WorkflowError as exc:  # the embedded workflow does not check out
         raise _reject(f"spec.workflow: {exc}", body, patch, generation) from None
     except KubeError as exc:
-        failure = _temporary_or_permanent(exc, op.settings.retry_s)
+        failure = _failure(exc, op.settings.retry_s)
+        if isinstance(failure, kopf.TemporaryError):
+            raise failure from exc
         kopf.warn(body, reason="ApplyFailed", message=str(exc))
         patch.status.update(
             await pipeline_status(op, name, namespace, parsed, generation, previous, str(exc))
@@ -384,13 +387,12 @@ async def reconcile_model(
         desired = render_model(name, namespace, parsed, uid=str(meta.get("uid") or ""))
         await apply(op.api, namespace, desired, None)
         loaded, errors = await sync_model_versions(op, namespace, parsed)
+        new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
         # the gateway splits traffic once every version of the split is loaded everywhere
-        ready = mc.model_status(parsed, loaded, errors, generation, [], "").ready
-        if ready:
+        if new.ready:
             await publish_weights(op, namespace, parsed, canary_weights(parsed))
     except KubeError as exc:
-        raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
-    new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
+        raise _failure(exc, op.settings.retry_s) from exc
     patch.status.update(mc.status_patch(status, new))
     was_ready = bool(status.get("ready"))
     if errors:
@@ -453,7 +455,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         try:
             await autoscale_pipeline(op, name, namespace or "", spec, body)
         except KubeError as exc:
-            raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
+            raise _failure(exc, op.settings.retry_s) from exc
 
     @kopf.on.delete(*pipelines, registry=registry)
     async def pipeline_deleted(
@@ -469,7 +471,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
                 for obj in rc.owned_by(await op.api.list(kind, ns, _labels(name)), uid):
                     await op.api.delete(kind, ns, obj["metadata"]["name"])
         except KubeError as exc:
-            raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
+            raise _failure(exc, op.settings.retry_s) from exc
 
     @kopf.on.delete(*models, registry=registry)
     async def model_deleted(*, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
@@ -481,4 +483,4 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
             await publish_weights(op, namespace or "", parsed, None)
             await restore_model(op, namespace or "", parsed)
         except KubeError as exc:
-            raise _temporary_or_permanent(exc, op.settings.retry_s) from exc
+            raise _failure(exc, op.settings.retry_s) from exc

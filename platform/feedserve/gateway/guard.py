@@ -1,6 +1,6 @@
 """What stands in front of the gateway's routes: API keys, per-key rate limits, request size
 and admission (load shedding). Each check raises an exception that ``errors`` maps to its
-HTTP status (401, 429 with Retry-After, 413, 503 with Retry-After).
+HTTP status (401; 429 with Retry-After for rate limits and shed load; 413; 411).
 
 Keys come from the environment (a Kubernetes Secret): ``FEEDSERVE_API_KEYS`` (plain keys)
 and/or ``FEEDSERVE_API_KEY_SHA256`` (their SHA-256 digests, so the Secret need not hold the
