@@ -42,13 +42,13 @@ def test_show_prints_every_step_and_draws_png_and_svg(tmp_path: Path) -> None:
 def test_check_names_the_step_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     text = DEFAULT_WORKFLOW.read_text().replace(
-        "inputs: {member: MemberFeatures, eligible: CandidateSet}",
-        "inputs: {member: MemberFeatures, eligible: Candidates}",
+        "inputs: {member: MemberFeatures, candidates: CandidateSet}",
+        "inputs: {member: MemberFeatures, candidates: Candidates}",
     )
     bad.write_text(text)
     proc = feedserve("workflow", "check", str(bad))
     assert proc.returncode == 2
-    assert "step 'rank': input 'eligible' is declared Candidates" in proc.stderr
+    assert "step 'rank': input 'candidates' is declared Candidates" in proc.stderr
     assert "Traceback" not in proc.stderr
     ok = feedserve("workflow", "check", str(DEFAULT_WORKFLOW))
     assert ok.returncode == 0 and "ok (12 steps" in ok.stdout

@@ -361,8 +361,8 @@ def cold_start_order(candidates: list[rules.Candidate]) -> list[rules.Candidate]
 
 def _rank_shortcut(inp: Inputs) -> Outputs | None:
     if not bool(inp["member"]["known"]):
-        return {"ranked": cold_start_order(inp["eligible"])}
-    if not inp["eligible"]:
+        return {"ranked": cold_start_order(inp["candidates"])}
+    if not inp["candidates"]:
         return {"ranked": []}
     return None
 
@@ -373,13 +373,13 @@ def _rank_tensors(inp: Inputs) -> dict[str, np.ndarray]:
         "history_post_ids": _np(member, "history_post_ids"),
         "history_actions": _np(member, "history_actions"),
         "history_timestamps": _np(member, "history_timestamps"),
-        "candidate_ids": np.array([c.post_id for c in inp["eligible"]], dtype=np.int64),
+        "candidate_ids": np.array([c.post_id for c in inp["candidates"]], dtype=np.int64),
         "request_time": np.array([int(member["request_time"])], dtype=np.int64),
     }
 
 
 def _rank_result(inp: Inputs, out: Mapping[str, np.ndarray]) -> Outputs:
-    return {"ranked": _ordered(inp["eligible"], np.asarray(out["scores"]).reshape(-1))}
+    return {"ranked": _ordered(inp["candidates"], np.asarray(out["scores"]).reshape(-1))}
 
 
 def _ordered(candidates: list[rules.Candidate], scores: np.ndarray) -> list[rules.Candidate]:
@@ -391,16 +391,17 @@ def _ordered(candidates: list[rules.Candidate], scores: np.ndarray) -> list[rule
 
 @op(
     "rank",
-    {"member": "MemberFeatures", "eligible": "CandidateSet"},
+    {"member": "MemberFeatures", "candidates": "CandidateSet"},
     {"ranked": "CandidateSet"},
     description="generative_ranker: candidates scored against the member's history "
-    "(cold-start members: popularity order)",
+    "(cold-start members: popularity order); runs beside hydrate_candidates, whose "
+    "eligibility post_rank_rules applies",
     remote=RemoteAdapter(_rank_tensors, _rank_result, GENERATIVE_RANKER.name, ("scores",)),
     shortcut=lambda inp: _rank_shortcut(inp),
 )
 async def rank(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
     member = inp["member"]
-    candidates: list[rules.Candidate] = inp["eligible"]
+    candidates: list[rules.Candidate] = inp["candidates"]
     ids = np.array([c.post_id for c in candidates], dtype=np.int64)
     scores = await ctx.triton.rank(member, ids, timeout_s=timeout_s)
     return {"ranked": _ordered(candidates, np.asarray(scores).reshape(-1))}
@@ -408,17 +409,20 @@ async def rank(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
 
 @op(
     "post_rank_rules",
-    {"ranked": "CandidateSet", "post_meta": "PostMeta", "count": "Count"},
+    {"ranked": "CandidateSet", "eligible": "CandidateSet", "post_meta": "PostMeta",
+     "count": "Count"},
     {"page": "Page"},
-    description="business rules: author diversity, page size",
-)
+    description="business rules: eligible posts only (unknown posts, blocked authors), author "
+    "diversity, page size",
+)  # fmt: skip
 async def post_rank_rules(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
     meta = inp["post_meta"]
     author_of = dict(
         zip(np.asarray(meta["post_ids"]).tolist(), np.asarray(meta["author_ids"]).tolist(),
             strict=True)
     )  # fmt: skip
-    ordered = [c.post_id for c in inp["ranked"]]
+    allowed = {c.post_id for c in inp["eligible"]}
+    ordered = [c.post_id for c in inp["ranked"] if c.post_id in allowed]
     page = rules.diversify(ordered, author_of, ctx.config.max_per_author, int(inp["count"]))
     return {"page": page}
 
