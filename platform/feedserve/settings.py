@@ -100,6 +100,19 @@ class FeaturizerSettings(CommonSettings):
         ge=100,
         description="a dead consumer's pending events are re-claimed after this idle time",
     )
+    featurizer_backend: Literal["celery", "dali"] = Field(
+        default="celery",
+        description="tensor featurization: celery = the pure-Python functions, dali = NVIDIA "
+        "DALI pipelines (extra feedserve[dali]); prompts and tokens stay on Python either way",
+    )
+    dali_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="dali backend: where pipelines run (auto: a GPU if DALI sees one)",
+    )
+    dali_threads: int = Field(default=1, ge=1, description="dali backend: CPU threads per pipeline")
+    dali_max_batch: int = Field(
+        default=256, ge=1, description="dali backend: most members per pipeline run"
+    )
 
 
 class ModelSettings(CommonSettings):
