@@ -324,6 +324,7 @@ def featurizer_deployment(
     env = [
         *_env(name, namespace, spec),
         {"name": "FEEDSERVE_WORKER_CONCURRENCY", "value": str(pool.concurrency)},
+        {"name": "FEEDSERVE_FEATURIZER_BACKEND", "value": pool.backend},
     ]
     worker = {
         "name": "featurizer",
