@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from feedserve.prompts import tokenizer_counter
+from feedserve.prompts import TokenCounter, tokenizer_counter
 
 
 class PromptTokenizer:
@@ -27,7 +27,9 @@ class PromptTokenizer:
         self._counter = Tokenizer.from_file(str(tokenizer_file))
         self._counter.no_truncation()
         self._counter.no_padding()
-        self._count = tokenizer_counter(self._counter)
+        self.count_tokens: TokenCounter = tokenizer_counter(self._counter)
+        """Tokens a text takes, including the [CLS]/[SEP] the encoder adds (a counter the
+        prompt library recognises as adding up over its separators)."""
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_length)
         self.max_length = max_length
@@ -39,10 +41,6 @@ class PromptTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` takes, including the [CLS]/[SEP] the encoder adds."""
-        return self._count(text)
 
     def token_id(self, token: str) -> int | None:
         value = self._tok.token_to_id(token)

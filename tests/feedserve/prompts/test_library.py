@@ -557,3 +557,73 @@ def test_real_tokenizer_counter(minilm_tokenizer: Any, buckets: BucketTable) -> 
             tok.token_to_id(buckets.token(k, COUNTS.get(k))) for k in COUNT_KINDS
         ]
         assert enc.count(tok.token_to_id("[SEP]")) == 1
+
+
+def varied_members(n: int, seed: int = 0) -> list[tuple[Member, list[ActivityItem]]]:
+    """Members and histories of every shape: long and empty sections, punctuation, accents,
+    CJK, emoji, words glued to separators."""
+    rng = np.random.default_rng(seed)
+    words = ["ML", "rank-ing", "Zürich", "日本語", "🤖", "C++", "x;y", "a,b", "(PhD)", "naïve",
+             "unbelievably", "tokenization", "—", "...", "O'Neil", "k8s", "|", ":"]  # fmt: skip
+
+    def text(k: int) -> str:
+        return " ".join(rng.choice(words, size=k).tolist())
+
+    out = []
+    for i in range(n):
+        member = make_member(
+            i + 1,
+            headline=text(int(rng.integers(0, 12))),
+            skills=[text(int(rng.integers(1, 4))) for _ in range(int(rng.integers(0, 15)))],
+            positions=[
+                Position(title=text(2), company=text(1), start_year=2000 + j)
+                for j in range(int(rng.integers(0, 6)))
+            ],
+        )
+        actions = (Action.like, Action.comment, Action.click, Action.share)
+        acts = [
+            ActivityItem(
+                actions[j % 4], make_post(j + 1, topic=text(2), text=text(int(rng.integers(0, 40))))
+            )
+            for j in range(int(rng.integers(0, 80)))
+        ]
+        out.append((member, acts))
+    return out
+
+
+def test_member_search_priced_by_pieces_equals_the_whole_prompt_search(
+    minilm_tokenizer: Any,
+) -> None:
+    """The budget search prices candidates by summing memoized piece counts; it must choose
+    exactly what pricing every candidate prompt whole chooses — for the real word-piece
+    tokenizer, the approximate counter, and (through the fallback) a counter that does not
+    add up over pieces."""
+    tok = minilm_tokenizer
+    tok.no_truncation()
+    tok.no_padding()
+    calls: list[str] = []
+
+    def by_chars(text: str) -> int:  # not additive: a joint can round differently
+        calls.append(text)
+        return 2 + (len(text) + 2) // 3
+
+    counters: list[Callable[[str], int]] = [
+        tokenizer_counter(tok),
+        library.approx_token_count,
+        by_chars,
+    ]
+    for member, acts in varied_members(60):
+        for count in counters:
+            for budget in (48, 100, 256):
+                kwargs: dict[str, Any] = {"budget": budget, "count_tokens": count}
+                try:
+                    reference = library._render_member_v1(
+                        member, acts, priced_by_pieces=False, **kwargs
+                    )
+                except ValueError:
+                    with pytest.raises(ValueError, match="budget"):
+                        library._render_member_v1(member, acts, **kwargs)
+                    continue
+                assert library._render_member_v1(member, acts, **kwargs) == reference
+                assert count(reference) <= budget
+    assert calls  # the non-additive counter was exercised
