@@ -92,7 +92,12 @@ KINDS: dict[str, Kind] = {
         (
             _col("Policy", "string", ".spec.autoscaling.policy", "autoscaling policy"),
             _col("Featurizers", "integer", ".status.featurizers.ready", "featurizers ready"),
-            _col("Inference", "integer", ".status.inference.ready", "Triton pods ready"),
+            _col(
+                "Inference",
+                "integer",
+                ".status.inference.ready",
+                "Triton pods ready (runtime kserve: InferenceServices ready)",
+            ),
             _col("Gateway", "integer", ".status.gateway.ready", "gateway pods ready"),
             _col("Ready", "string", _READY, "Ready condition"),
             _col(
@@ -106,7 +111,7 @@ KINDS: dict[str, Kind] = {
                 "Inference-Desired",
                 "integer",
                 ".status.inference.desired",
-                "Triton pods desired",
+                "Triton pods desired (runtime kserve: InferenceServices)",
                 1,
             ),
             _col(
@@ -152,6 +157,13 @@ RULES: dict[str, tuple[Rule, ...]] = {
             ".canaryVersion",
         ),
     ),
+    "KServeSpec": (
+        Rule(
+            "self.deploymentMode == 'Knative' || self.scaleMetric in ['cpu', 'memory']",
+            "deploymentMode Standard scales on scaleMetric cpu or memory",
+            ".scaleMetric",
+        ),
+    ),
 }
 """CEL rules by the name of the spec model they sit on (mirroring its model_validator)."""
 
@@ -165,9 +177,16 @@ def _canary_needs_version(obj: Mapping[str, Any]) -> bool:
     return obj.get("canaryWeight", 0) == 0 or obj.get("canaryVersion") is not None
 
 
+def _standard_scales_on_resources(obj: Mapping[str, Any]) -> bool:
+    return obj.get("deploymentMode") != "Standard" or obj.get("scaleMetric") in ("cpu", "memory")
+
+
 CEL_CHECKS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "self.min <= self.max": _min_le_max,
     "self.canaryWeight == 0 || has(self.canaryVersion)": _canary_needs_version,
+    "self.deploymentMode == 'Knative' || self.scaleMetric in ['cpu', 'memory']": (
+        _standard_scales_on_resources
+    ),
 }
 """Each emitted CEL rule, evaluated in Python (``validate``); a test checks none is missing."""
 

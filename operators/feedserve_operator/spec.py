@@ -72,9 +72,69 @@ class ModelRepository(K8sModel):
     read_only: bool = True
 
 
-class InferencePool(K8sModel):
-    """The GPU pool: Triton Inference Server pods serving the pipeline's models."""
+STORAGE_URI = r"^(pvc|s3|gs|hdfs|webhdfs|https?|oci|hf)://[^\s]+$"
 
+
+class KServeSpec(K8sModel):
+    """How the pool runs as KServe InferenceServices (one per model, Triton as the predictor)."""
+
+    deployment_mode: Literal["Knative", "Standard"] = Field(
+        default="Knative",
+        description="KServe deployment mode (KServe >= 0.16 names): Knative (revisions, "
+        "canary traffic splits, the Knative autoscaler) or Standard (Deployments and "
+        "KServe's HPA: scaleMetric cpu or memory; no canary traffic split)",
+    )
+    storage_uri: str = Field(
+        default="pvc://feedserve-models",
+        pattern=STORAGE_URI,
+        max_length=1024,
+        description="the Triton model repository (feedserve's artifacts under artifacts/), "
+        "which KServe mounts or downloads at /mnt/models",
+    )
+    serving_runtime: str = Field(
+        default="",
+        max_length=63,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="the ServingRuntime or ClusterServingRuntime to use; empty: the one KServe "
+        "selects for the triton model format (kserve-tritonserver)",
+    )
+    scale_metric: Literal["concurrency", "rps", "cpu", "memory"] = Field(
+        default="concurrency", description="what KServe scales each model's predictor on"
+    )
+    scale_target: int = Field(
+        default=8,
+        ge=1,
+        le=100_000,
+        description="target of scaleMetric per predictor pod (in-flight requests, requests/s, "
+        "or percent of the CPU/memory request)",
+    )
+    protocol: Literal["v2", "triton"] = Field(
+        default="v2",
+        description="how the gateway calls the predictors: v2 (the Open Inference Protocol, JSON "
+        "tensors) or triton (Triton's binary-tensor extension; needs Triton behind the endpoint)",
+    )
+    transformer: bool = Field(
+        default=False,
+        description="run the featurizer as a KServe transformer in front of retrieval_encoder "
+        "(member or post id in, embedding out; featurizer image with the kserve extra)",
+    )
+
+    @model_validator(mode="after")
+    def _standard_scales_on_resources(self) -> KServeSpec:
+        if self.deployment_mode == "Standard" and self.scale_metric not in ("cpu", "memory"):
+            raise ValueError("deploymentMode Standard scales on scaleMetric cpu or memory")
+        return self
+
+
+class InferencePool(K8sModel):
+    """The GPU pool: Triton Inference Server serving the pipeline's models."""
+
+    runtime: Literal["triton", "kserve"] = Field(
+        default="triton",
+        description="triton: the operator runs Triton (Deployment + Service); kserve: one KServe "
+        "InferenceService per model (needs KServe in the cluster)",
+    )
+    kserve: KServeSpec = Field(default_factory=KServeSpec)
     image: str = Field(
         default="feedserve/triton:0.1.0",
         pattern=IMAGE,
