@@ -218,11 +218,34 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         }
     if "monolith" in results and "disaggregated" in results:
         mono, dis = results["monolith"][0], results["disaggregated"][0]
+        if "model_compute_ms" in dis:
+            out["where_time_goes_low_load"] = time_split(dis, mono)
         out["low_load_p50_ratio_disaggregated_vs_monolith"] = dis["p50_ms"] / mono["p50_ms"]
         out["saturation_ratio_disaggregated_vs_monolith"] = (
             saturation["disaggregated"] / saturation["monolith"]
         )
     return out
+
+
+def time_split(dis: dict[str, Any], mono: dict[str, Any]) -> dict[str, float]:
+    """The disaggregated mean at the lowest rate split into parts that add up to it.
+
+    The featurizer's work is what the same functions take in the monolith's gateway process;
+    the rest of the featurize stage is the Celery round trip (broker, result backend, codec,
+    worker scheduling). ``client_http`` is the load generator's HTTP exchange with the gateway
+    (its end-to-end minus the gateway's own request time); the remainder is the gateway's own
+    work plus the Triton client's (HTTP, tensors, Triton's queue)."""
+    featurize = dis["stages_ms"].get("featurize", 0.0)
+    work = min(mono["stages_ms"].get("featurize", 0.0), featurize)
+    client = dis["mean_ms"] - dis["gateway_mean_ms"]
+    parts = {
+        "model_compute_ms": dis["model_compute_ms"],
+        "featurizer_work_ms": work,
+        "featurizer_round_trip_ms": featurize - work,
+        "client_http_ms": client,
+    }
+    parts["gateway_and_triton_client_ms"] = dis["mean_ms"] - sum(parts.values())
+    return parts
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
@@ -331,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("overhead_fraction_low_load", "saturation_ratio_disaggregated_vs_monolith"):
         if key in summary:
             console.print(f"{key}: {summary[key]:.3f}")
+    for part, ms in summary.get("where_time_goes_low_load", {}).items():
+        console.print(f"  {part}: {ms:.1f}")
     return 0
 
 

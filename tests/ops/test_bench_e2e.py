@@ -34,4 +34,8 @@ def test_e2e_quick(bench: Bench, built: Any, tmp_path: Path) -> None:
     assert data["overhead_fraction_low_load"] == pytest.approx(low["overhead_fraction"])
     assert 0 < data["overhead_fraction_low_load"] < 1
     assert "model_compute_ms" not in data["rows"]["monolith"][0]  # no Triton to ask
+    split = data["where_time_goes_low_load"]
+    assert sum(split.values()) == pytest.approx(low["mean_ms"])
+    assert split["model_compute_ms"] == pytest.approx(low["model_compute_ms"])
+    assert min(split["featurizer_work_ms"], split["featurizer_round_trip_ms"]) >= 0
     assert (tmp_path / "e2e.png").read_bytes().startswith(bench.PNG_MAGIC)
