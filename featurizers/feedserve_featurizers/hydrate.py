@@ -8,7 +8,7 @@ plain dicts of numpy arrays and scalars so that they cross the wire in the compa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from feedserve.prompts import ActivityItem, BucketTable, render_member_prompt, r
 from feedserve.settings import FeaturizerSettings
 from feedserve.store import open_store
 from feedserve.store.base import HISTORY_DTYPE, EmbeddingLog, EmbeddingRecord, FeatureStore
-from feedserve_featurizers.tensors import history_tensors
+from feedserve_featurizers.batch import PythonTensorizer, Tensorizer, make_tensorizer
 
 BUCKETS_FILE = "buckets.json"
 ACTIVITY_ITEMS = 64
@@ -66,6 +66,8 @@ class FeaturizerContext:
     tokenizer: PromptTokenizer
     buckets: BucketTable
     settings: FeaturizerSettings
+    tensorizer: Tensorizer = field(default_factory=PythonTensorizer)
+    """The ranker tensors' backend (``settings.featurizer_backend``; see ``batch``)."""
 
     @classmethod
     def load(
@@ -82,6 +84,7 @@ class FeaturizerContext:
             ),
             buckets=BucketTable.load(buckets_path),
             settings=settings,
+            tensorizer=make_tensorizer(settings),
         )
 
 
@@ -160,7 +163,7 @@ def hydrate_member(
         "fresh_ids": np.array(ctx.store.recent_posts(s.fresh_candidates), dtype=np.int64),
         "request_time": int(now),
     }
-    out.update(history_tensors(history, s.ranker_history_len))
+    out.update(ctx.tensorizer.history_tensors(history, s.ranker_history_len))
     return to_wire(out)
 
 
