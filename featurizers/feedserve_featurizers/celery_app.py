@@ -61,6 +61,18 @@ def _configure_tracing(**_: Any) -> None:
     tracing.configure("feedserve-featurizer", settings.otlp_endpoint, settings.trace_file)
 
 
+@signals.worker_init.connect
+def _check_backend(**_: Any) -> None:
+    """A featurizer backend that cannot run here stops the worker at start-up, with one clear
+    line and no traceback (e.g. ``dali`` without the ``feedserve[dali]`` extra)."""
+    from feedserve_featurizers.batch import BackendUnavailable, check_backend
+
+    try:
+        check_backend(FeaturizerSettings())
+    except BackendUnavailable as exc:
+        raise SystemExit(f"feedserve featurizer: {exc}") from None
+
+
 def queue_name(prefix: str) -> str:
     return f"{prefix}.featurizer"
 
