@@ -3,8 +3,10 @@
 - ``render -f FILE [-f FILE ...]``: reads FeedPipeline and FeedModel documents (multi-document
   YAML allowed), checks each against the CRD schema and the spec model, and prints the
   manifests the operator would apply (a pipeline's children, a model's config) as
-  multi-document YAML. An invalid document: one line per problem on stderr, naming the file,
-  the document and the field; exit code 2.
+  multi-document YAML. A FeedModel of a pipeline in the same input whose inference pool runs
+  on KServe also shows in its model's InferenceService (version and canary traffic). An
+  invalid document: one line per problem on stderr, naming the file, the document and the
+  field; exit code 2.
 - ``crds [--out DIR]``: prints the generated CustomResourceDefinitions, or writes them.
 - ``run``: the operator itself (kopf): in a pod with its service account, or against
   ``--server`` (e.g. ``kubectl proxy``) for development.
@@ -21,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from feedserve.workflow.spec import WorkflowError
-from feedserve_operator import crds
+from feedserve_operator import crds, render_kserve
 from feedserve_operator.render import render_model, render_pipeline
 from feedserve_operator.spec import API_VERSION, FeedModelSpec, FeedPipelineSpec
 
@@ -129,6 +131,7 @@ def render(
     """Print the manifests the operator would apply for these custom resources."""
     out: list[dict[str, Any]] = []
     problems: list[str] = []
+    models: list[tuple[str, FeedModelSpec]] = []
     for path in files:
         try:
             for where, doc in _documents(path):
@@ -136,13 +139,17 @@ def render(
                     out += render_document(where, doc, namespace)
                 except InvalidDocument as exc:
                     problems += exc.problems
+                    continue
+                if doc.get("kind") == "FeedModel":
+                    ns = str((doc.get("metadata") or {}).get("namespace") or namespace)
+                    models.append((ns, FeedModelSpec.model_validate(doc.get("spec") or {})))
         except InvalidDocument as exc:
             problems += exc.problems
     if problems:
         for p in problems:
             typer.echo(f"error: {p}", err=True)
         raise typer.Exit(2)
-    typer.echo(dump_all(out), nl=False)
+    typer.echo(dump_all(render_kserve.with_models(out, models)), nl=False)
 
 
 @operator_app.command("crds")

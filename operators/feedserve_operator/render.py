@@ -17,7 +17,10 @@
 - Deployment ``<name>-inference`` (component ``inference``): tritonserver, explicit model
   control with one ``--load-model`` per model, the model repository PVC mounted at
   ``/models``, ``nvidia.com/gpu`` limits when ``gpusPerPod > 0``; Service ``<name>-triton``
-  (http 8000, grpc 8001, metrics 8002) that the gateway and featurizers reach it by;
+  (http 8000, grpc 8001, metrics 8002) that the gateway and featurizers reach it by.
+  With ``inference.runtime: kserve`` instead: one KServe InferenceService per model
+  (``render_kserve``; KServe scales them, so no inference PodDisruptionBudget or HPA here),
+  and the gateway is given each model's predictor endpoint;
 - Deployment and Service ``<name>-gateway`` (component ``gateway``);
 - a PodDisruptionBudget per pool with ``maxUnavailable: 1`` (not ``minAvailable: 1``: a
   one-replica pool - the dev default - would otherwise block every node drain; this way a
@@ -226,6 +229,17 @@ def triton_host(pipeline: str, namespace: str) -> str:
     return f"{names(pipeline)['triton']}.{namespace}.svc:{TRITON_HTTP}"
 
 
+def inference_url(name: str, namespace: str, spec: FeedPipelineSpec) -> str:
+    """Where the pipeline's pods reach Triton: the operator's Service, or with the ``kserve``
+    runtime the retrieval encoder's predictor (featurizers embed with it; the gateway is
+    given every model's endpoint as well)."""
+    if spec.inference.runtime == "kserve":
+        from feedserve_operator import render_kserve
+
+        return render_kserve.fallback_url(name, namespace, spec)
+    return triton_host(name, namespace)
+
+
 def _env(name: str, namespace: str, spec: FeedPipelineSpec) -> list[dict[str, Any]]:
     return [
         {
@@ -233,7 +247,7 @@ def _env(name: str, namespace: str, spec: FeedPipelineSpec) -> list[dict[str, An
             "valueFrom": {"secretKeyRef": {"name": spec.redis.url_secret, "key": "url"}},
         },
         {"name": "FEEDSERVE_REDIS_PREFIX", "value": spec.redis.prefix},
-        {"name": "FEEDSERVE_TRITON_URL", "value": triton_host(name, namespace)},
+        {"name": "FEEDSERVE_TRITON_URL", "value": inference_url(name, namespace, spec)},
         {"name": "FEEDSERVE_WORKFLOW", "value": WORKFLOW_FILE},
         {"name": "FEEDSERVE_ARTIFACTS_DIR", "value": ARTIFACTS_DIR},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -372,6 +386,22 @@ def featurizer_deployment(
     )  # fmt: skip
 
 
+def triton_env(spec: FeedPipelineSpec, artifacts_dir: str) -> list[dict[str, Any]]:
+    """The environment of tritonserver (the models' ``ModelSettings``)."""
+    return [
+        {
+            "name": "FEEDSERVE_REDIS_URL",
+            "valueFrom": {"secretKeyRef": {"name": spec.redis.url_secret, "key": "url"}},
+        },
+        {"name": "FEEDSERVE_REDIS_PREFIX", "value": spec.redis.prefix},
+        {"name": "FEEDSERVE_DEVICE", "value": "cuda" if spec.inference.gpus_per_pod > 0 else "cpu"},
+        {"name": "FEEDSERVE_ARTIFACTS_DIR", "value": artifacts_dir},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+        {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
+    ]
+
+
 def triton_deployment(
     name: str, namespace: str, spec: FeedPipelineSpec, replicas: int, owner: dict[str, Any] | None
 ) -> Manifest:
@@ -392,18 +422,7 @@ def triton_deployment(
         "name": "tritonserver",
         "image": pool.image,
         "command": args,
-        "env": [
-            {
-                "name": "FEEDSERVE_REDIS_URL",
-                "valueFrom": {"secretKeyRef": {"name": spec.redis.url_secret, "key": "url"}},
-            },
-            {"name": "FEEDSERVE_REDIS_PREFIX", "value": spec.redis.prefix},
-            {"name": "FEEDSERVE_DEVICE", "value": "cuda" if pool.gpus_per_pod > 0 else "cpu"},
-            {"name": "FEEDSERVE_ARTIFACTS_DIR", "value": ARTIFACTS_DIR},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-            {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
-        ],
+        "env": triton_env(spec, ARTIFACTS_DIR),
         "ports": [
             {"name": "http", "containerPort": TRITON_HTTP, "protocol": "TCP"},
             {"name": "grpc", "containerPort": TRITON_GRPC, "protocol": "TCP"},
@@ -446,6 +465,22 @@ def triton_deployment(
     return _deployment(name, namespace, "inference", replicas, pod, owner)
 
 
+def _gateway_inference_env(
+    name: str, namespace: str, spec: FeedPipelineSpec
+) -> list[dict[str, Any]]:
+    """Triton: the FeedModels' version weights (routing ConfigMap). KServe: every model's
+    predictor endpoint and the protocol (KServe itself splits a canary's traffic)."""
+    if spec.inference.runtime != "kserve":
+        return [{"name": "FEEDSERVE_ROUTING_DIR", "value": ROUTING_DIR}]
+    from feedserve_operator import render_kserve
+
+    urls = render_kserve.model_urls(name, namespace, spec)
+    return [
+        {"name": "FEEDSERVE_INFERENCE_PROTOCOL", "value": spec.inference.kserve.protocol},
+        {"name": "FEEDSERVE_MODEL_URLS", "value": json.dumps(urls, sort_keys=True)},
+    ]
+
+
 def gateway_deployment(
     name: str,
     namespace: str,
@@ -472,7 +507,7 @@ def gateway_deployment(
         "env": [
             *_env(name, namespace, spec),
             {"name": "FEEDSERVE_PORT", "value": str(gw.port)},
-            {"name": "FEEDSERVE_ROUTING_DIR", "value": ROUTING_DIR},
+            *_gateway_inference_env(name, namespace, spec),
         ],
         "ports": [{"name": "http", "containerPort": gw.port, "protocol": "TCP"}],
         "resources": resources(gw.resources),
@@ -567,10 +602,10 @@ def hpas(
         },
     }
     f, i = spec.featurizers.replicas, spec.inference.replicas
-    return [
-        _hpa(name, namespace, "featurizer", f.min, f.max, cpu, spec, owner),
-        _hpa(name, namespace, "inference", i.min, i.max, queue, spec, owner),
-    ]
+    featurizer = _hpa(name, namespace, "featurizer", f.min, f.max, cpu, spec, owner)
+    if spec.inference.runtime == "kserve":  # KServe scales its InferenceServices
+        return [featurizer]
+    return [featurizer, _hpa(name, namespace, "inference", i.min, i.max, queue, spec, owner)]
 
 
 def _jobs(
@@ -611,6 +646,21 @@ def _jobs(
     return out
 
 
+def _inference_pool(
+    name: str, namespace: str, spec: FeedPipelineSpec, replicas: int, owner: dict[str, Any] | None
+) -> list[Manifest]:
+    """Triton's Deployment and Service, or (runtime ``kserve``) the KServe InferenceServices."""
+    if spec.inference.runtime == "kserve":
+        from feedserve_operator import render_kserve
+
+        return render_kserve.inference_services(name, namespace, spec, owner)
+    ports = [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)]
+    return [
+        triton_deployment(name, namespace, spec, replicas, owner),
+        _service(names(name)["triton"], name, namespace, "inference", ports, owner),
+    ]
+
+
 def render_pipeline(
     name: str,
     namespace: str,
@@ -631,6 +681,7 @@ def render_pipeline(
         **(replicas or {}),
     }
     wf = checked_workflow(spec)
+    kserve = spec.inference.runtime == "kserve"  # KServe sizes the inference pool: no PDB
     text = workflow_text(spec)
     digest = hashlib.sha256(text.encode()).hexdigest()
     n = names(name)
@@ -649,15 +700,11 @@ def render_pipeline(
         config_map,
         routing,
         featurizer_deployment(name, namespace, spec, count["featurizer"], owner, digest),
-        triton_deployment(name, namespace, spec, count["inference"], owner),
-        _service(
-            n["triton"], name, namespace, "inference",
-            [("http", TRITON_HTTP), ("grpc", TRITON_GRPC), ("metrics", TRITON_METRICS)], owner,
-        ),
+        *_inference_pool(name, namespace, spec, count["inference"], owner),
         gateway_deployment(name, namespace, spec, count["gateway"], owner, digest),
         _service(n["gateway"], name, namespace, "gateway", [("http", spec.gateway.port)], owner),
         _pdb(name, namespace, "featurizer", owner),
-        _pdb(name, namespace, "inference", owner),
+        *([] if kserve else [_pdb(name, namespace, "inference", owner)]),
         _pdb(name, namespace, "gateway", owner),
         *hpas(name, namespace, spec, owner),
         *_jobs(name, namespace, spec, owner, wf),
