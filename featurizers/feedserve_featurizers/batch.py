@@ -126,9 +126,11 @@ def check_counts(table: BucketTable, counts: np.ndarray) -> I64:
 
 # --------------------------------------------------------------------------- batched events
 
+_ENGAGEMENT_RANGE = (int(_ENGAGEMENT_CODES.min()), int(_ENGAGEMENT_CODES.max()))
 _IS_ENGAGEMENT = np.zeros(256, dtype=bool)
 _IS_ENGAGEMENT[_ENGAGEMENT_CODES] = True
-_POST_BITS = 40  # member index and post id packed into one int64 sort key when they fit
+_STRENGTH_U8 = _STRENGTH.astype(np.uint8)  # ranks 0..5: a byte gathers faster than int64
+_CONTIGUOUS_CODES = len(_ENGAGEMENT_CODES) == _ENGAGEMENT_RANGE[1] - _ENGAGEMENT_RANGE[0] + 1
 
 
 @dataclass(frozen=True)
@@ -154,52 +156,78 @@ class EventsBatch:
         return [np.split(col, cuts) for col in (self.post_ids, self.actions, self.timestamps)]
 
 
-def _columns(histories: Sequence[np.ndarray]) -> tuple[I64, I64, npt.NDArray[np.uint8], I64]:
-    """Concatenate histories (as raw bytes: numpy copies packed records field by field
-    otherwise, ~10x slower) → post ids, timestamps, actions and each row's member index."""
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    rows = np.zeros(0, dtype=HISTORY_DTYPE)
-    if histories:
-        raw = [np.ascontiguousarray(h, dtype=HISTORY_DTYPE).view(np.uint8) for h in histories]
-        rows = np.concatenate(raw).view(HISTORY_DTYPE)
-    member = np.repeat(np.arange(len(histories), dtype=np.int64), lengths)
-    return (
-        rows["post_id"].astype(np.int64),
-        rows["ts"].astype(np.int64),
-        rows["action"].astype(np.uint8),
-        member,
-    )
+def _engagement_columns(
+    histories: Sequence[np.ndarray],
+) -> tuple[I64, I64, npt.NDArray[np.uint8], list[int]]:
+    """Each member's engagement rows, field by field, concatenated over the batch (post ids,
+    timestamps, actions), and how many each member has. Selecting per member before
+    concatenating moves ~40 % of the bytes that concatenating everything first would."""
+    posts, stamps, actions, counts = [], [], [], []
+    for h in histories:
+        rows = h if h.dtype == HISTORY_DTYPE else h.astype(HISTORY_DTYPE)
+        action = rows["action"]
+        sel = np.flatnonzero(_is_engagement(action))
+        posts.append(rows["post_id"][sel])
+        stamps.append(rows["ts"][sel])
+        actions.append(action[sel])
+        counts.append(len(sel))
+    if not histories:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8), counts
+    return np.concatenate(posts), np.concatenate(stamps), np.concatenate(actions), counts
 
 
-def ranker_events_batch(histories: Sequence[np.ndarray]) -> EventsBatch:
-    """:func:`~feedserve_featurizers.tensors.ranker_events` of every history, in one pass of
-    vectorised numpy over the whole batch (no per-member Python loop): engagements only, per
-    member stably sorted by time (skipped when already in order, as stored histories are),
-    one event per (member, post) with the first engagement's time and the strongest action."""
-    b = len(histories)
-    post, ts, action, member = _columns(histories)
-    keep = np.flatnonzero(_IS_ENGAGEMENT[action])
-    post, ts, action, member = post[keep], ts[keep], action[keep], member[keep]
+def _is_engagement(action: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    if _CONTIGUOUS_CODES:  # two comparisons: ~10x faster than a table lookup
+        lo, hi = _ENGAGEMENT_RANGE
+        return (action >= lo) & (action <= hi)
+    return _IS_ENGAGEMENT[action]
+
+
+def _group_by_member_post(member: I64, post: I64) -> tuple[I64, I64]:
+    """Sort the events by (member, post): returns the sorting permutation and the start of
+    each (member, post) group in it, with every group's first entry its earliest position.
+
+    Where member index, post id and position fit one int64 together (post ids >= 0), they are
+    packed into one key and sorted by value (several times faster than an argsort); otherwise
+    a stable lexsort, which keeps positions ascending within a group too."""
     n = len(post)
-    if n > 1:
-        backwards = (ts[1:] < ts[:-1]) & (member[1:] == member[:-1])
-        if backwards.any():
-            order = np.lexsort((ts, member))  # stable: ties keep their stored order
-            post, ts, action = post[order], ts[order], action[order]
-    # group the events of each (member, post): a packed key and one unstable sort where it
-    # fits, else a lexsort; the group's first event is its smallest position either way
-    if n and post.min() >= 0 and post.max() < (1 << _POST_BITS) and b < (1 << (63 - _POST_BITS)):
-        key = (member << _POST_BITS) | post
-        order = np.argsort(key)
-        sorted_key = key[order]
-        new_group = sorted_key[1:] != sorted_key[:-1]
+    b_bits = int(member[-1]).bit_length()
+    pos_bits = n.bit_length()
+    post_bits = int(post.max()).bit_length() if post.min() >= 0 else 64
+    if b_bits + post_bits + pos_bits <= 63:
+        key = (member << (post_bits + pos_bits)) | (post << pos_bits) | np.arange(n)
+        key.sort()
+        order = key & ((1 << pos_bits) - 1)
+        group = key >> pos_bits
+        new_group = group[1:] != group[:-1]
     else:
         order = np.lexsort((post, member))
         sp, sm = post[order], member[order]
         new_group = (sp[1:] != sp[:-1]) | (sm[1:] != sm[:-1])
-    starts = np.flatnonzero(np.concatenate([[True], new_group])) if n else np.zeros(0, np.int64)
-    first = np.minimum.reduceat(order, starts) if n else np.zeros(0, np.int64)
-    best = np.maximum.reduceat(_STRENGTH[action[order]], starts) if n else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], new_group]))
+    return order, starts
+
+
+def ranker_events_batch(histories: Sequence[np.ndarray]) -> EventsBatch:
+    """:func:`~feedserve_featurizers.tensors.ranker_events` of every history in vectorised
+    numpy: after one short loop that gathers each member's engagement rows, everything runs
+    over the whole batch at once: per member a stable sort by time (skipped when already in
+    order, as stored histories are), one event per (member, post) with the first
+    engagement's time and the strongest action."""
+    b = len(histories)
+    post, ts, action, counts = _engagement_columns(histories)
+    member = np.repeat(np.arange(b, dtype=np.int64), counts)
+    n = len(post)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return EventsBatch(np.zeros(b, np.int64), empty, np.zeros(0, np.uint8), empty)
+    backwards = (ts[1:] < ts[:-1]) & (member[1:] == member[:-1])
+    if backwards.any():
+        by_time = np.lexsort((ts, member))  # stable: ties keep their stored order
+        post, ts, action = post[by_time], ts[by_time], action[by_time]
+    order, starts = _group_by_member_post(member, post)
+    first = order[starts]  # each (member, post)'s first engagement
+    best = np.maximum.reduceat(_STRENGTH_U8[action][order], starts)
     strongest = np.zeros(n, dtype=np.uint8)
     strongest[first] = _BY_STRENGTH[best]
     is_first = np.zeros(n, dtype=bool)

@@ -158,6 +158,12 @@ class DaliTensorizer:
             with self._lock:
                 self._history_pipe(length)
 
+    def pipeline(self, length: int) -> Pipeline:
+        """The history pipeline for ``length`` (built now if new). Feeding and running it
+        directly is for single-threaded callers only (the benchmark's stage profile)."""
+        with self._lock:
+            return self._history_pipe(length)
+
     def _history_pipe(self, length: int) -> Pipeline:
         if length <= 0:
             raise ValueError("length must be positive")
