@@ -8,7 +8,10 @@ and does it through ``kube`` (the Kubernetes API), ``metrics`` (Prometheus) and
 - the API server away, overloaded or in conflict: ``kopf.TemporaryError`` (retried);
 - drift (a child edited or deleted by hand, a new Triton pod without the FeedModel's
   versions) is corrected by periodic timers;
-- ``coupled`` pipelines are resized by a timer: metrics → ``autoscale.coupled`` → replicas.
+- ``coupled`` pipelines are resized by a timer: metrics → ``autoscale.coupled`` → replicas;
+- with ``inference.runtime: kserve`` the inference pool is KServe InferenceServices
+  (``render_kserve``): KServe sizes them, the pipeline's status reads their Ready conditions,
+  and a FeedModel sets its model's version and canary traffic on its InferenceService.
 
 ``register(registry, op)`` adds the handlers to a registry: ``main`` registers them in kopf's
 default one for ``kopf run``; tests use a fresh registry each.
@@ -32,6 +35,7 @@ from feedserve.triton_client import AsyncTritonClient, TritonError
 from feedserve.workflow.spec import WorkflowError
 from feedserve_operator import model_control as mc
 from feedserve_operator import reconcile as rc
+from feedserve_operator import render_kserve as rk
 from feedserve_operator.autoscale import Observation, PolicyState, coupled
 from feedserve_operator.kube import CHILD_KINDS, KubeApi, KubeError
 from feedserve_operator.metrics import Prometheus, observation, queries
@@ -43,6 +47,7 @@ from feedserve_operator.spec import (
     VERSION,
     Condition,
     FeedModelSpec,
+    FeedModelStatus,
     FeedPipelineSpec,
     FeedPipelineStatus,
 )
@@ -201,13 +206,22 @@ async def pipeline_status(
     error: str = "",
 ) -> dict[str, Any]:
     pools = rc.pool_status(await op.api.list("Deployment", namespace, _labels(name)))
+    waiting: dict[str, str] = {}
+    if spec is not None and spec.inference.runtime == "kserve":
+        # the inference pool is KServe's: its InferenceServices' Ready conditions
+        live = {
+            str(o["metadata"]["name"]): o
+            for o in await op.api.list("InferenceService", namespace, _labels(name))
+        }
+        wanted = [rk.isvc_name(name, m) for m in spec.inference.models]
+        pools["inference"], waiting = rk.pool_status(wanted, live)
     status = FeedPipelineStatus(
         observed_generation=generation,
         policy=spec.autoscaling.policy if spec else "",
         featurizers=pools["featurizer"],
         inference=pools["inference"],
         gateway=pools["gateway"],
-        conditions=rc.conditions(pools, generation, previous, _now(), error),
+        conditions=rc.conditions(pools, generation, previous, _now(), error, waiting),
     )
     return status.model_dump(by_alias=True, mode="json")
 
@@ -302,6 +316,8 @@ async def autoscale_pipeline(
         obs, op.policy_states.setdefault(key, PolicyState()), rc.policy_config(parsed)
     )
     changes = rc.scale_patches(decision, rc.pool_replicas(deployments))
+    if parsed.inference.runtime == "kserve":
+        changes.pop("inference", None)  # KServe sizes its InferenceServices
     names = {d["metadata"]["labels"][COMPONENT_LABEL]: d["metadata"]["name"] for d in deployments}
     for pool, replicas in changes.items():
         await op.api.merge_patch(
@@ -312,6 +328,35 @@ async def autoscale_pipeline(
     return changes
 
 
+async def load_versions(
+    op: Operator,
+    spec: FeedModelSpec,
+    endpoints: Mapping[str, str],
+    versions: Mapping[str, list[int]] | None = None,
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Load the FeedModel's versions (per pod: ``versions``; default: stable and canary) with
+    its settings on each Triton endpoint; returns the ready versions per pod and the pods
+    that failed."""
+    model = ROLE_MODEL[spec.role]
+    loaded: dict[str, list[int]] = {}
+    errors: dict[str, str] = {}
+    for pod, url in endpoints.items():
+        wanted = None if versions is None else versions.get(pod)
+        client = AsyncTritonClient(url, timeout_s=op.settings.triton_timeout_s)
+        try:
+            ready = await client.ready_versions(model)
+            config = await client.model_config(model)
+            if mc.needs_load(config, spec, ready, wanted):
+                await client.load_with_config(model, mc.overlay(config, spec, wanted))
+                ready = await client.ready_versions(model)
+            loaded[pod] = ready
+        except TritonError as exc:
+            errors[pod] = str(exc)
+        finally:
+            await client.close()
+    return loaded, errors
+
+
 async def sync_model_versions(
     op: Operator, namespace: str, spec: FeedModelSpec
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
@@ -320,23 +365,38 @@ async def sync_model_versions(
     pods = await op.api.list(
         "Pod", namespace, {INSTANCE_LABEL: spec.pipeline, COMPONENT_LABEL: "inference"}
     )
-    model = ROLE_MODEL[spec.role]
-    loaded: dict[str, list[int]] = {}
-    errors: dict[str, str] = {}
-    for pod, url in mc.triton_endpoints(pods).items():
-        client = AsyncTritonClient(url, timeout_s=op.settings.triton_timeout_s)
-        try:
-            ready = await client.ready_versions(model)
-            config = await client.model_config(model)
-            if mc.needs_load(config, spec, ready):
-                await client.load_with_config(model, mc.overlay(config, spec))
-                ready = await client.ready_versions(model)
-            loaded[pod] = ready
-        except TritonError as exc:
-            errors[pod] = str(exc)
-        finally:
-            await client.close()
-    return loaded, errors
+    return await load_versions(op, spec, mc.triton_endpoints(pods))
+
+
+async def sync_kserve_model(
+    op: Operator,
+    namespace: str,
+    spec: FeedModelSpec,
+    generation: int,
+    previous: list[Condition],
+) -> tuple[FeedModelStatus, dict[str, list[int]], dict[str, str]]:
+    """A FeedModel of a KServe pipeline: its version and canary traffic on its model's
+    InferenceService, then that version, with its settings, on each ready predictor pod of
+    the pod's revision; the status from the InferenceService's Ready condition and the pods."""
+    name = rk.model_isvc(spec)
+    isvc = await op.api.get("InferenceService", namespace, name)
+    if isvc is None:
+        raise kopf.TemporaryError(f"InferenceService {name} does not exist (yet)",
+                                  delay=op.settings.retry_s)  # fmt: skip
+    if rk.needs_patch(spec, isvc):
+        isvc = await op.api.merge_patch("InferenceService", namespace, name, rk.canary_patch(spec))
+    pods = await op.api.list("Pod", namespace, rk.predictor_selector(spec))
+    expected = rk.pod_versions(pods, spec)
+    endpoints = mc.triton_endpoints(pods, default_port=rk.HTTP_PORT)
+    loaded, errors = await load_versions(op, spec, endpoints, expected)
+    new = rk.model_status(spec, isvc, loaded, expected, errors, generation, previous, _now())
+    return new, loaded, errors
+
+
+def _runtime(pipeline: Mapping[str, Any]) -> str:
+    """The inference runtime of a live FeedPipeline (``triton`` unless it says otherwise)."""
+    inference = (pipeline.get("spec") or {}).get("inference") or {}
+    return str(inference.get("runtime") or "triton")
 
 
 async def publish_weights(
@@ -356,12 +416,23 @@ async def publish_weights(
         await op.api.merge_patch("ConfigMap", namespace, routing, {"data": {model: value}})
 
 
-async def restore_model(op: Operator, namespace: str, spec: FeedModelSpec) -> None:
-    """A deleted FeedModel: its model goes back to the repository's own config."""
-    pods = await op.api.list(
-        "Pod", namespace, {INSTANCE_LABEL: spec.pipeline, COMPONENT_LABEL: "inference"}
-    )
-    for pod, url in mc.triton_endpoints(pods).items():
+async def restore_model(
+    op: Operator, namespace: str, spec: FeedModelSpec, kserve: bool = False
+) -> None:
+    """A deleted FeedModel: its model goes back to the repository's own config (KServe: and
+    its InferenceService loses the FeedModel's version and canary traffic)."""
+    if kserve:
+        name = rk.model_isvc(spec)
+        if await op.api.get("InferenceService", namespace, name) is not None:
+            await op.api.merge_patch("InferenceService", namespace, name, rk.RELEASE_PATCH)
+        pods = await op.api.list("Pod", namespace, rk.predictor_selector(spec))
+        endpoints = mc.triton_endpoints(pods, default_port=rk.HTTP_PORT)
+    else:
+        pods = await op.api.list(
+            "Pod", namespace, {INSTANCE_LABEL: spec.pipeline, COMPONENT_LABEL: "inference"}
+        )
+        endpoints = mc.triton_endpoints(pods)
+    for pod, url in endpoints.items():
         client = AsyncTritonClient(url, timeout_s=op.settings.triton_timeout_s)
         try:
             repository_config = mc.original(await client.model_config(ROLE_MODEL[spec.role]))
@@ -380,17 +451,23 @@ async def reconcile_model(
     generation = int(meta.get("generation") or 0)
     parsed: FeedModelSpec = _parse(FeedModelSpec, spec, body, patch, generation)
     try:
-        if await op.api.get("FeedPipeline", namespace, parsed.pipeline) is None:
+        pipeline = await op.api.get("FeedPipeline", namespace, parsed.pipeline)
+        if pipeline is None:
             raise kopf.TemporaryError(
                 f"FeedPipeline {parsed.pipeline!r} does not exist (yet)", delay=op.settings.retry_s
             )
         desired = render_model(name, namespace, parsed, uid=str(meta.get("uid") or ""))
         await apply(op.api, namespace, desired, None)
-        loaded, errors = await sync_model_versions(op, namespace, parsed)
-        new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
-        # the gateway splits traffic once every version of the split is loaded everywhere
-        if new.ready:
-            await publish_weights(op, namespace, parsed, canary_weights(parsed))
+        if _runtime(pipeline) == "kserve":  # KServe splits the traffic between revisions
+            new, loaded, errors = await sync_kserve_model(
+                op, namespace, parsed, generation, _previous(status)
+            )
+        else:
+            loaded, errors = await sync_model_versions(op, namespace, parsed)
+            new = mc.model_status(parsed, loaded, errors, generation, _previous(status), _now())
+            # the gateway splits traffic once every version of the split is loaded everywhere
+            if new.ready:
+                await publish_weights(op, namespace, parsed, canary_weights(parsed))
     except KubeError as exc:
         raise _failure(exc, op.settings.retry_s) from exc
     patch.status.update(mc.status_patch(status, new))
@@ -480,7 +557,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         except ValidationError:
             return  # never loaded
         try:
-            await publish_weights(op, namespace or "", parsed, None)
-            await restore_model(op, namespace or "", parsed)
+            pipeline = await op.api.get("FeedPipeline", namespace or "", parsed.pipeline)
+            kserve = pipeline is not None and _runtime(pipeline) == "kserve"
+            if not kserve:
+                await publish_weights(op, namespace or "", parsed, None)
+            await restore_model(op, namespace or "", parsed, kserve)
         except KubeError as exc:
             raise _failure(exc, op.settings.retry_s) from exc

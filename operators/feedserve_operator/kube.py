@@ -43,6 +43,7 @@ KINDS: dict[str, Kind] = {
         Kind("batch/v1", "CronJob", "cronjobs"),
         Kind("feedserve.io/v1alpha1", "FeedPipeline", "feedpipelines"),
         Kind("feedserve.io/v1alpha1", "FeedModel", "feedmodels"),
+        Kind("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),
     )
 }
 """Every kind the operator reads or writes."""
@@ -55,7 +56,11 @@ CHILD_KINDS = (
     "HorizontalPodAutoscaler",
     "Job",
     "CronJob",
+    "InferenceService",
 )
+OPTIONAL_KINDS = frozenset({"InferenceService"})
+"""Kinds of another project's CRDs (KServe's): a cluster may not have them, or not grant them
+to an operator whose pipelines do not use them; listing them then finds nothing."""
 
 
 class KubeError(Exception):
@@ -123,7 +128,13 @@ class KubeApi:
         self, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        data = await self._request("GET", f"{KINDS[kind].base(namespace)}?labelSelector={selector}")
+        path = f"{KINDS[kind].base(namespace)}?labelSelector={selector}"
+        try:
+            data = await self._request("GET", path)
+        except KubeError as exc:
+            if kind in OPTIONAL_KINDS and exc.status in (403, 404):
+                return []  # not installed, or not granted (the chart's kserve value)
+            raise
         items = (data or {}).get("items", [])
         # an API server filters by label; a minimal one may not: filter here as well
         return [

@@ -31,9 +31,11 @@ def original(config: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(json.loads(raw)) if raw else None
 
 
-def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def triton_endpoints(
+    pods: Sequence[Mapping[str, Any]], default_port: int = TRITON_HTTP
+) -> dict[str, str]:
     """``{pod name: http://ip:port}`` of the Triton pods that are Ready (the port: the
-    container port named ``http``)."""
+    container port named ``http``, else ``default_port``)."""
     out = {}
     for pod in pods:
         status = pod.get("status") or {}
@@ -44,7 +46,7 @@ def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         ip = status.get("podIP")
         if not ready or not ip or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        port = TRITON_HTTP
+        port = default_port
         for container in (pod.get("spec") or {}).get("containers") or []:
             for p in container.get("ports") or []:
                 if p.get("name") == "http":
@@ -53,9 +55,12 @@ def triton_endpoints(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def overlay(config: Mapping[str, Any], spec: FeedModelSpec) -> dict[str, Any]:
+def overlay(
+    config: Mapping[str, Any], spec: FeedModelSpec, versions: Sequence[int] | None = None
+) -> dict[str, Any]:
     """The model's loaded configuration with the FeedModel's settings on top: the versions to
-    serve (stable and canary), instances per device, batch size and dynamic batching."""
+    serve (``versions``, default: stable and canary), instances per device, batch size and
+    dynamic batching."""
     base = original(config) or config
     out = copy.deepcopy(dict(base))
     out["parameters"] = {
@@ -63,7 +68,8 @@ def overlay(config: Mapping[str, Any], spec: FeedModelSpec) -> dict[str, Any]:
         ORIGINAL: {"string_value": json.dumps(base, sort_keys=True)},
     }
     t = spec.triton
-    out["version_policy"] = {"specific": {"versions": model_versions(spec)}}
+    wanted = sorted(versions) if versions is not None else model_versions(spec)
+    out["version_policy"] = {"specific": {"versions": wanted}}
     if int(out.get("max_batch_size") or 0) > 0:
         out["max_batch_size"] = t.max_batch_size
         batching = dict(out.get("dynamic_batching") or {})
@@ -93,11 +99,17 @@ def _same(a: Any, b: Any) -> bool:
     return str(a) == str(b)
 
 
-def needs_load(config: Mapping[str, Any], spec: FeedModelSpec, ready: Sequence[int]) -> bool:
-    """True when the pod does not serve exactly the wanted versions with the wanted settings."""
-    if sorted(ready) != model_versions(spec):
+def needs_load(
+    config: Mapping[str, Any],
+    spec: FeedModelSpec,
+    ready: Sequence[int],
+    versions: Sequence[int] | None = None,
+) -> bool:
+    """True when the pod does not serve exactly the wanted versions (``versions``, default:
+    stable and canary) with the wanted settings."""
+    if sorted(ready) != (sorted(versions) if versions is not None else model_versions(spec)):
         return True
-    wanted = overlay(config, spec)
+    wanted = overlay(config, spec, versions)
     return not all(_same(wanted.get(k), config.get(k)) for k in OVERLAID if k in wanted)
 
 

@@ -127,15 +127,19 @@ def conditions(
     previous: Sequence[Condition],
     now: str,
     error: str = "",
+    waiting: Mapping[str, str] | None = None,
 ) -> list[Condition]:
     """Ready / Progressing / Degraded, each with a reason; a condition keeps its
-    lastTransitionTime while its status does not change."""
+    lastTransitionTime while its status does not change. ``waiting``: what each child that is
+    not ready yet waits for (KServe InferenceServices), added to the Ready message."""
     not_ready = [p for p, s in pools.items() if s.ready < s.desired or s.desired == 0]
     rolling = [p for p, s in pools.items() if s.ready != s.desired]
+    why = "; ".join(f"{k}: {v}" for k, v in sorted((waiting or {}).items()))
     if error:
         ready = ("False", "ReconcileFailed", error)
     elif not_ready:
-        ready = ("False", "PoolsNotReady", "not ready: " + ", ".join(sorted(not_ready)))
+        message = "not ready: " + ", ".join(sorted(not_ready)) + (f" ({why})" if why else "")
+        ready = ("False", "PoolsNotReady", message)
     else:
         ready = ("True", "AllPoolsReady", "every pool has its desired replicas ready")
     progressing = (
