@@ -1,0 +1,359 @@
+"""The operator with ``inference.runtime: kserve`` end to end against the mock Kubernetes API
+(kmock's emulator, with KServe's InferenceService resource declared as KServe's CRD would):
+kopf runs the real handlers; the test plays KServe (Ready conditions, predictor pods) and
+watches the InferenceServices, the pipeline's status and a FeedModel's canary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kopf
+import pytest
+from kopf.testing import KopfRunner
+
+from feedserve.launcher import (
+    ManagedProcess,
+    free_port,
+    http_ok,
+    prepare_triton_backends,
+    pytriton_dir,
+    triton_env,
+    wait_until,
+)
+from feedserve.triton_client import AsyncTritonClient
+from feedserve_operator.handlers import Operator, OperatorSettings, register
+from feedserve_operator.kube import KubeApi
+
+NS = "kfeeds"
+FP = "feedserve.io/v1alpha1/feedpipelines"
+FM = "feedserve.io/v1alpha1/feedmodels"
+ISVC = "serving.kserve.io/v1beta1/inferenceservices"
+DEPLOYMENTS = "apps/v1/deployments"
+HPAS = "autoscaling/v2/horizontalpodautoscalers"
+VERBS = ["list", "watch", "get", "patch", "create", "update", "delete"]
+MODELS = ["retrieval_encoder", "post_index", "generative_ranker"]
+ISVCS = {"feed-retrieval-encoder", "feed-post-index", "feed-generative-ranker"}
+
+
+@pytest.fixture()
+def kserve_cluster(cluster: Any) -> Any:
+    """The mock cluster with KServe installed (its InferenceService resource)."""
+
+    async def declare() -> None:
+        cluster.emulator.resources[ISVC] = {
+            "kind": "InferenceService", "namespaced": True, "verbs": VERBS,
+            "subresources": ["status"],
+        }  # fmt: skip
+
+    cluster.call(declare)
+    return cluster
+
+
+@contextlib.contextmanager
+def running(cluster: Any) -> Iterator[Operator]:
+    """kopf with feedserve's handlers in a fresh registry, against the mock cluster."""
+    registry = kopf.OperatorRegistry()
+    settings = OperatorSettings(
+        resync_s=0.5, retry_s=0.2, autoscale_tick_s=0.2, model_resync_s=0.5, triton_timeout_s=30
+    )
+    op = Operator(KubeApi(cluster.url, verify=False), settings)
+    register(registry, op)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
+
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.scanning.disabled = True
+    kopf_settings.watching.server_timeout = 10
+    args = ["run", "--standalone", "--namespace", NS]
+    with KopfRunner(args, registry=registry, settings=kopf_settings, timeout=60) as runner:
+        yield op
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+def pipeline(**inference: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "feedserve.io/v1alpha1",
+        "kind": "FeedPipeline",
+        "metadata": {"name": "feed", "namespace": NS},
+        "spec": {
+            "inference": {"runtime": "kserve", "gpusPerPod": 1, "models": list(MODELS),
+                          "replicas": {"min": 1, "max": 3}, **inference},
+            "featurizers": {"replicas": {"min": 1, "max": 4}},
+            "gateway": {"replicas": 1},
+            "autoscaling": {"policy": "hpa"},
+        },
+    }  # fmt: skip
+
+
+def children(cluster: Any, resource: str) -> set[str]:
+    return set(cluster.names(resource, NS))
+
+
+def set_status(cluster: Any, resource: str, name: str, status: dict[str, Any]) -> None:
+    """What KServe (or the Deployment controller) would write into an object's status."""
+    path = cluster._path(resource, NS, name) + "/status"
+    with httpx.Client(base_url=cluster.url, timeout=10) as client:
+        resp = client.patch(path, json={"status": status},
+                            headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        resp.raise_for_status()
+
+
+def ready(status: str, message: str = "") -> dict[str, Any]:
+    return {"conditions": [{"type": "PredictorReady", "status": status},
+                           {"type": "Ready", "status": status, "message": message}]}  # fmt: skip
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def test_pipeline_inference_pool_as_inference_services(
+    kserve_cluster: Any, poll: Callable[..., Any]
+) -> None:
+    cluster = kserve_cluster
+    with running(cluster):
+        cluster.put(FP, pipeline())
+        poll(lambda: children(cluster, ISVC) == ISVCS, 15, "one InferenceService per model")
+        for name in ISVCS:
+            isvc = cluster.get(ISVC, NS, name)
+            ref = isvc["metadata"]["ownerReferences"][0]
+            assert ref["kind"] == "FeedPipeline" and ref["name"] == "feed" and ref["uid"]
+            model = isvc["spec"]["predictor"]["model"]
+            assert model["modelFormat"] == {"name": "triton"}
+            assert f"--load-model={name.removeprefix('feed-').replace('-', '_')}" in model["args"]
+            assert model["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+        deployments = poll(lambda: len(children(cluster, DEPLOYMENTS)) >= 2
+                           and children(cluster, DEPLOYMENTS), 15, "Deployments")  # fmt: skip
+        assert deployments == {"feed-featurizer", "feed-gateway"}  # no Triton Deployment
+        poll(lambda: children(cluster, HPAS) == {"feed-featurizer"}, 15, "featurizer HPA only")
+        gateway = cluster.get(DEPLOYMENTS, NS, "feed-gateway")
+        env = {e["name"]: e.get("value") for e in
+               gateway["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+        assert "feed-generative-ranker-predictor.kfeeds.svc:80" in env["FEEDSERVE_MODEL_URLS"]
+
+        # status: the InferenceServices' Ready conditions, each one's reason in the message
+        def status() -> dict[str, Any]:
+            return dict((cluster.get(FP, NS, "feed") or {}).get("status") or {})
+
+        poll(lambda: status().get("inference") == {"desired": 3, "ready": 0}, 15, "status")
+        assert "no Ready condition yet" in condition(cluster.get(FP, NS, "feed"), "Ready")[
+            "message"]  # fmt: skip
+        set_status(cluster, ISVC, "feed-retrieval-encoder", ready("True"))
+        set_status(cluster, ISVC, "feed-post-index", ready("True"))
+        set_status(cluster, ISVC, "feed-generative-ranker", ready("False", "RevisionMissing"))
+        poll(lambda: status().get("inference") == {"desired": 3, "ready": 2}, 15, "2 ready")
+        fp = poll(
+            lambda: (
+                "RevisionMissing"
+                in condition(cluster.get(FP, NS, "feed"), "Ready").get("message", "")
+                and cluster.get(FP, NS, "feed")
+            ),
+            15,
+            "why not ready",
+        )
+        assert "feed-generative-ranker: RevisionMissing" in condition(fp, "Ready")["message"]
+        # KServe reports the ranker ready, the Deployments their pods: the pipeline is Ready
+        set_status(cluster, ISVC, "feed-generative-ranker", ready("True"))
+        for name in deployments:
+            n = cluster.get(DEPLOYMENTS, NS, name)["spec"]["replicas"]
+            set_status(cluster, DEPLOYMENTS, name, {"replicas": n, "readyReplicas": n})
+        fp = poll(lambda: condition(cluster.get(FP, NS, "feed"), "Ready").get("status") == "True"
+                  and cluster.get(FP, NS, "feed"), 15, "pipeline Ready")  # fmt: skip
+        assert fp["status"]["inference"] == {"desired": 3, "ready": 3}
+
+        # a spec change is patched into the InferenceServices; a removed model's one goes
+        changed = copy.deepcopy(cluster.get(FP, NS, "feed"))
+        changed["spec"]["inference"]["gpusPerPod"] = 2
+        changed["spec"]["inference"]["kserve"] = {"scaleTarget": 16}
+        changed["spec"]["inference"]["models"] = ["retrieval_encoder", "generative_ranker"]
+        cluster.put(FP, changed)
+
+        def patched() -> bool:
+            pred = (cluster.get(ISVC, NS, "feed-generative-ranker") or {})["spec"]["predictor"]
+            limits = pred["model"]["resources"]["limits"]
+            return pred["scaleTarget"] == 16 and limits["nvidia.com/gpu"] in (2, "2")
+
+        poll(patched, 15, "InferenceService patched: 2 GPUs, scaleTarget 16")
+        poll(lambda: "feed-post-index" not in children(cluster, ISVC), 15, "removed model")
+        # the patch kept what KServe wrote
+        assert condition(cluster.get(ISVC, NS, "feed-generative-ranker"), "Ready")["status"]
+
+        # drift: an InferenceService deleted by hand comes back
+        cluster.delete(ISVC, NS, "feed-retrieval-encoder")
+        poll(lambda: "feed-retrieval-encoder" in children(cluster, ISVC), 15, "restored")
+
+        # deleting the pipeline deletes its InferenceServices
+        cluster.delete(FP, NS, "feed")
+        poll(lambda: not children(cluster, ISVC), 15, "InferenceServices deleted")
+        poll(lambda: cluster.get(FP, NS, "feed") is None, 15, "FeedPipeline gone")
+
+
+MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.version = int(args["model_version"])
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            version = np.full(x.shape, self.version, dtype=np.int32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("version", version)]))
+        return out
+"""
+CONFIG_PBTXT = """name: "generative_ranker"
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 100 }
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+input [ { name: "x", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "version", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"""
+
+
+@pytest.fixture()
+def triton(tmp_path: Path) -> Iterator[str]:
+    """A real tritonserver, as in a KServe predictor pod (explicit model control), with
+    versions 1-3 of a tiny ``generative_ranker`` that answers its own version number."""
+    repo = tmp_path / "repo" / "generative_ranker"
+    for version in (1, 2, 3):
+        (repo / str(version)).mkdir(parents=True)
+        (repo / str(version) / "model.py").write_text(MODEL_PY)
+    (repo / "config.pbtxt").write_text(CONFIG_PBTXT)
+    backends = prepare_triton_backends(tmp_path / "runtime")
+    http = free_port()
+    cmd = [
+        str(pytriton_dir() / "bin" / "tritonserver"),
+        f"--model-store={repo.parent}", f"--backend-directory={backends}",
+        "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false",
+        "--allow-metrics=false", "--model-control-mode=explicit",
+        "--load-model=generative_ranker", "--exit-timeout-secs=5",
+    ]  # fmt: skip
+    proc = ManagedProcess("tritonserver", cmd, triton_env(os.environ), tmp_path / "triton.log")
+    proc.start()
+    try:
+        wait_until(http_ok(f"http://127.0.0.1:{http}/v2/health/ready"), 120, "triton", proc)
+        yield f"127.0.0.1:{http}"
+    finally:
+        proc.stop()
+
+
+def triton_state(url: str) -> tuple[list[int], int]:
+    """The ready versions of the model and its max batch size."""
+
+    async def read() -> tuple[list[int], int]:
+        client = AsyncTritonClient(url, timeout_s=60)
+        try:
+            config = await client.model_config("generative_ranker")
+            return await client.ready_versions("generative_ranker"), int(config["max_batch_size"])
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def predictor_pod(url: str, version: str) -> dict[str, Any]:
+    """A Ready predictor pod of the ranker's InferenceService (KServe's labels, the revision's
+    annotations) whose Triton is the local tritonserver."""
+    host, port = url.split(":")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "feed-generative-ranker-predictor-00001-deployment-x",
+            "namespace": NS,
+            "labels": {"serving.kserve.io/inferenceservice": "feed-generative-ranker",
+                       "component": "predictor", "app.kubernetes.io/instance": "feed",
+                       "app.kubernetes.io/component": "inference"},
+            "annotations": {"feedserve.io/model-version": version},
+        },
+        "spec": {"containers": [{"name": "kserve-container", "ports": [
+            {"name": "http", "containerPort": int(port)}]}]},
+        "status": {"podIP": host, "conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+
+
+def test_feedmodel_canary_is_the_inference_service_traffic_split(
+    kserve_cluster: Any, triton: str, poll: Callable[..., Any]
+) -> None:
+    cluster = kserve_cluster
+    assert triton_state(triton) == ([3], 8)  # the repository's policy: the latest
+    with running(cluster):
+        cluster.put(FP, pipeline(models=["generative_ranker"]))
+        poll(lambda: "feed-generative-ranker" in children(cluster, ISVC), 15, "InferenceService")
+        set_status(cluster, ISVC, "feed-generative-ranker", ready("True"))
+        # a pod of the revision from before the FeedModel, pinned to version 2
+        cluster.put("v1/pods", predictor_pod(triton, "2"))
+        model = {
+            "apiVersion": "feedserve.io/v1alpha1",
+            "kind": "FeedModel",
+            "metadata": {"name": "ranker", "namespace": NS},
+            "spec": {"pipeline": "feed", "role": "generative-ranker", "artifact": "pvc://m",
+                     "version": 2, "triton": {"maxBatchSize": 4}},
+        }  # fmt: skip
+        cluster.put(FM, model)
+
+        def status() -> dict[str, Any]:
+            return dict((cluster.get(FM, NS, "ranker") or {}).get("status") or {})
+
+        def predictor() -> dict[str, Any]:
+            return dict(cluster.get(ISVC, NS, "feed-generative-ranker")["spec"]["predictor"])
+
+        poll(lambda: status().get("ready"), 60, "FeedModel ready on version 2")
+        assert triton_state(triton) == ([2], 4)  # the version and the FeedModel's settings
+        assert predictor()["annotations"] == {"feedserve.io/model-version": "2"}
+        assert "canaryTrafficPercent" not in predictor()
+
+        # a canary: 20% of the traffic to a new revision serving version 3
+        canary = copy.deepcopy(cluster.get(FM, NS, "ranker"))
+        canary["spec"]["rollout"] = {"canaryVersion": 3, "canaryWeight": 20}
+        cluster.put(FM, canary)
+        poll(lambda: predictor().get("canaryTrafficPercent") == 20, 15, "canaryTrafficPercent")
+        assert predictor()["annotations"] == {"feedserve.io/model-version": "3"}
+        # KServe rolls out the new revision: its pods carry the new annotation
+        cluster.put("v1/pods", predictor_pod(triton, "3"))
+        poll(lambda: status().get("loadedVersions") == [3] and status().get("ready"), 60,
+             "the new revision's pod serves version 3")  # fmt: skip
+        assert triton_state(triton) == ([3], 4)
+        assert status()["servedWeights"] == {"2": 80, "3": 20}
+        # while KServe has the InferenceService not Ready, neither is the FeedModel
+        set_status(cluster, ISVC, "feed-generative-ranker", ready("False", "RevisionFailed"))
+        poll(lambda: not status().get("ready"), 15, "FeedModel not ready with its isvc")
+        assert condition({"status": status()}, "Ready")["reason"] == "InferenceServiceNotReady"
+        set_status(cluster, ISVC, "feed-generative-ranker", ready("True"))
+
+        # promoted: the latest revision takes all the traffic
+        promoted = copy.deepcopy(cluster.get(FM, NS, "ranker"))
+        promoted["spec"]["version"] = 3
+        promoted["spec"]["rollout"] = {"canaryWeight": 0, "canaryVersion": None}
+        cluster.put(FM, promoted)
+        poll(lambda: "canaryTrafficPercent" not in predictor(), 15, "canary traffic removed")
+        poll(lambda: status().get("servedWeights") == {"3": 100} and status().get("ready"), 30,
+             "promoted")  # fmt: skip
+        # the pipeline's own resync keeps the FeedModel's fields
+        cluster.delete(DEPLOYMENTS, NS, "feed-gateway")
+        poll(lambda: "feed-gateway" in children(cluster, DEPLOYMENTS), 15, "gateway restored")
+        assert predictor()["annotations"] == {"feedserve.io/model-version": "3"}
+
+        # deleted: the InferenceService and the pod go back to the repository's config
+        cluster.delete(FM, NS, "ranker")
+        poll(lambda: triton_state(triton)[1] == 8, 30, "repository config restored")
+        poll(lambda: not (predictor().get("annotations") or {}), 15, "annotation removed")
+        poll(lambda: cluster.get(FM, NS, "ranker") is None, 15, "FeedModel gone")
