@@ -49,6 +49,8 @@ def test_featurize_quick(bench: Bench, tmp_path: Path) -> None:
     assert data["speedup_dali_vs_python"] == summary["speedup_dali_vs_python"]
     assert summary["target_met"] == (summary["speedup_dali_vs_python"] >= 3.0)
     assert summary["identical_outputs"] is True
+    verdict = "is met" if summary["target_met"] else "is not met"
+    assert verdict in data["findings"][0]
 
     assert {(p["batch"], p["L"]) for p in data["profile"]} == {
         (b, n) for b in BATCHES for n in LENGTHS
