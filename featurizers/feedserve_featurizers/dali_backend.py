@@ -118,9 +118,14 @@ def count_bucket_pipeline(
     with pipe:
         counts = fn.external_source(name="counts", dtype=DT.INT64, ndim=1)
         x = counts.gpu() if device == "gpu" else counts
-        index: Any = fn.zeros_like(x, dtype=DT.INT32)
-        for j in range(1, len(grid)):
-            index = index + fn.cast(x >= types.Constant(thr[:, j].copy()), dtype=DT.INT32)
+        terms = [
+            fn.cast(x >= types.Constant(thr[:, j].copy()), dtype=DT.INT32)
+            for j in range(1, len(grid))
+        ]
+        # (fn.zeros_like has no GPU kernel; counts are checked >= 0, so `x < 0` is all zeros)
+        index: Any = fn.cast(x < 0, dtype=DT.INT32) if not terms else terms[0]
+        for term in terms[1:]:
+            index = index + term
         level = fn.lookup_table(
             index,
             keys=list(range(len(grid))),

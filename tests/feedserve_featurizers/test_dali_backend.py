@@ -195,10 +195,14 @@ def bucket_tables() -> list[BucketTable]:
         "comments": np.zeros(5_000, dtype=np.int64),  # all zeros: thresholds 0 then 1
         "shares": np.zeros(0, dtype=np.int64),  # empty corpus: every count is the top level
     }
-    return [BucketTable.fit(corpus), BucketTable.fit({"views": [1, 2, 3]}, grid=(0, 50))]
+    return [
+        BucketTable.fit(corpus),
+        BucketTable.fit({"views": [1, 2, 3]}, grid=(0, 50)),
+        BucketTable.fit({"views": [1, 2, 3]}, grid=(0,)),  # one level: no comparison at all
+    ]
 
 
-@pytest.mark.parametrize("table", bucket_tables(), ids=["four-kinds", "one-kind"])
+@pytest.mark.parametrize("table", bucket_tables(), ids=["four-kinds", "one-kind", "one-level"])
 def test_count_buckets_equal_the_python_path(dali: DaliTensorizer, table: BucketTable) -> None:
     rng = np.random.default_rng(4)
     thresholds = np.array([t for v in table.thresholds.values() for t in v], dtype=np.int64)
