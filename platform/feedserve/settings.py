@@ -82,6 +82,17 @@ class GatewaySettings(CommonSettings):
         description="directory of per-model version weights (the operator's routing "
         "ConfigMap; canary rollouts); empty: Triton's ready versions serve",
     )
+    inference_protocol: Literal["triton", "v2"] = Field(
+        default="triton",
+        description="how inference = triton calls the models: triton (Triton's HTTP API with "
+        "its binary-tensor extension) or v2 (the plain Open Inference Protocol, JSON tensors: "
+        "any v2 server, e.g. KServe InferenceServices)",
+    )
+    model_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object, model -> its endpoint (host:port or http(s) URL), for models "
+        "served apart (one KServe InferenceService each); the others are called at triton_url",
+    )
 
 
 class FeaturizerSettings(CommonSettings):

@@ -4,6 +4,14 @@ Requests are built from ``feedserve.models.signatures``, so names and types cann
 the model repository. Every call has a client-side deadline; failures surface as
 ``TritonUnavailable`` (server down, timeout) or ``TritonRequestError`` (the model rejected
 the request), which the gateway maps to degraded answers or HTTP errors in one place.
+
+``AsyncTritonClient`` speaks one of two protocols (``PROTOCOLS``; the gateway's
+``inference_protocol`` setting): ``triton``, Triton's HTTP API with its binary-tensor
+extension (the default: fastest against Triton), or ``v2``, the plain Open Inference
+Protocol with JSON tensors and no Triton extension, which any v2 server answers (Triton, a
+KServe InferenceService, KServe's own model server, ...). Each model may have an endpoint of
+its own (``model_urls``: one KServe InferenceService per model); URLs are ``host:port`` or
+``http(s)://host[:port]``.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tritonclient.http import InferInput, InferRequestedOutput
@@ -52,11 +60,27 @@ class TritonRequestError(TritonError):
     """The server answered with an error for this request."""
 
 
-def _input(signature: ModelSignature, name: str, value: np.ndarray) -> InferInput:
+WireProtocol = Literal["triton", "v2"]
+PROTOCOLS: tuple[WireProtocol, ...] = ("triton", "v2")
+"""triton: Triton's binary-tensor extension; v2: the plain Open Inference Protocol (JSON)."""
+
+
+def split_url(url: str) -> tuple[str, bool]:
+    """``host[:port]`` and whether to use TLS, from ``host:port`` or ``http(s)://...``."""
+    base = url.strip().rstrip("/")
+    ssl = base.startswith("https://")
+    for scheme in ("http://", "https://"):
+        base = base.removeprefix(scheme)
+    return base, ssl
+
+
+def _input(
+    signature: ModelSignature, name: str, value: np.ndarray, binary: bool = True
+) -> InferInput:
     spec = signature.input(name)
     arr = np.asarray(value, dtype=spec.numpy_dtype)[None, ...]  # batch of one
     tensor = InferInput(name, list(arr.shape), spec.dtype)
-    tensor.set_data_from_numpy(arr, binary_data=True)
+    tensor.set_data_from_numpy(arr, binary_data=binary)
     return tensor
 
 
@@ -184,23 +208,46 @@ class AsyncTritonClient(ModelCalls):
         timeout_s: float = 2.0,
         router: VersionRouter | None = None,
         breaker: CircuitBreaker | None = None,
+        *,
+        protocol: WireProtocol = "triton",
+        model_urls: Mapping[str, str] | None = None,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.url = url
         self.timeout_s = timeout_s
         self.router = router
         """Picks the model version of each request (canary weights); none: Triton's."""
         self.breaker = breaker
         """Fails calls fast while Triton keeps failing (the caller's fallback answers)."""
-        self._client = InferenceServerClient(url=url, conn_timeout=timeout_s)
+        self.protocol = protocol
+        self.model_urls = dict(model_urls or {})
+        """Endpoints of models served elsewhere than ``url`` (model -> URL)."""
+        self._clients: dict[tuple[str, bool], InferenceServerClient] = {}
+        self._client = self._connect(url)
+
+    def _connect(self, url: str) -> InferenceServerClient:
+        base, ssl = split_url(url)
+        if (base, ssl) not in self._clients:
+            self._clients[base, ssl] = InferenceServerClient(
+                url=base, ssl=ssl, conn_timeout=self.timeout_s
+            )
+        return self._clients[base, ssl]
+
+    def client_for(self, model: str) -> InferenceServerClient:
+        """The connection to the endpoint serving ``model``."""
+        return self._connect(self.model_urls.get(model, self.url))
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients.values():
+            await client.close()
 
     async def _infer(
         self, signature: ModelSignature, inputs: Mapping[str, np.ndarray], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
-        tensors = [_input(signature, n, v) for n, v in inputs.items()]
-        outputs = [InferRequestedOutput(s.name, binary_data=True) for s in signature.outputs]
+        binary = self.protocol == "triton"
+        tensors = [_input(signature, n, v, binary) for n, v in inputs.items()]
+        outputs = [InferRequestedOutput(s.name, binary_data=binary) for s in signature.outputs]
         version = self.router.pick(signature.name) if self.router is not None else ""
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
@@ -237,25 +284,30 @@ class AsyncTritonClient(ModelCalls):
         version: str,
         timeout_s: float | None,
     ) -> Any:
-        call = self._client.infer(signature.name, tensors, outputs=outputs, model_version=version)
+        client = self.client_for(signature.name)
+        call = client.infer(signature.name, tensors, outputs=outputs, model_version=version)
         return await _infer_call(signature.name, call, timeout_s or self.timeout_s)
 
     async def ready(self, models: tuple[str, ...] = tuple(SIGNATURES)) -> bool:
-        """True when the server and every model in ``models`` are ready."""
+        """True when the server (each model's) and every model in ``models`` are ready."""
         try:
-            ok = await asyncio.wait_for(self._client.is_server_ready(), self.timeout_s)
-            for name in models if ok else ():
-                ok = ok and await asyncio.wait_for(
-                    self._client.is_model_ready(name), self.timeout_s
-                )
-            return bool(ok)
+            clients = [self.client_for(m) for m in models] or [self._client]
+            servers = {id(c): c for c in clients}  # each endpoint once
+            for client in servers.values():
+                if not await asyncio.wait_for(client.is_server_ready(), self.timeout_s):
+                    return False
+            for name in models:
+                ready = self.client_for(name).is_model_ready(name)
+                if not await asyncio.wait_for(ready, self.timeout_s):
+                    return False
+            return True
         except Exception:
             return False
 
     async def load_model(self, name: str) -> None:
         """(Re)load a model: Triton switches to the newest version in the repository."""
         try:
-            await asyncio.wait_for(self._client.load_model(name), timeout=600)
+            await asyncio.wait_for(self.client_for(name).load_model(name), timeout=600)
         except InferenceServerException as exc:
             raise TritonRequestError(name, exc.message() or str(exc)) from exc
 
@@ -273,20 +325,23 @@ class AsyncTritonClient(ModelCalls):
 
     async def model_config(self, name: str) -> dict[str, Any]:
         """The loaded model's complete configuration (JSON form of ``config.pbtxt``)."""
-        config: dict[str, Any] = await self._control(name, self._client.get_model_config(name))
+        config: dict[str, Any] = await self._control(
+            name, self.client_for(name).get_model_config(name)
+        )
         return config
 
     async def load_with_config(self, name: str, config: Mapping[str, Any]) -> None:
         """(Re)load ``name`` with ``config`` instead of its ``config.pbtxt`` (Triton's model
         control API; ``config`` must be complete, e.g. ``model_config`` with changes)."""
-        await self._control(name, self._client.load_model(name, config=json.dumps(config)))
+        call = self.client_for(name).load_model(name, config=json.dumps(config))
+        await self._control(name, call)
 
     async def unload_model(self, name: str) -> None:
-        await self._control(name, self._client.unload_model(name))
+        await self._control(name, self.client_for(name).unload_model(name))
 
     async def ready_versions(self, name: str) -> list[int]:
         """Versions of ``name`` that are loaded and ready, ascending."""
-        index = await self._control(name, self._client.get_model_repository_index())
+        index = await self._control(name, self.client_for(name).get_model_repository_index())
         return sorted(
             int(m["version"])
             for m in index
@@ -295,7 +350,9 @@ class AsyncTritonClient(ModelCalls):
 
     async def model_version(self, name: str) -> str:
         """The newest ready version of ``name`` ("" if none is ready)."""
-        index = await asyncio.wait_for(self._client.get_model_repository_index(), self.timeout_s)
+        index = await asyncio.wait_for(
+            self.client_for(name).get_model_repository_index(), self.timeout_s
+        )
         ready = [
             int(m["version"])
             for m in index
@@ -313,10 +370,7 @@ class OipV2Client:
     """
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
-        base = url.strip().rstrip("/")
-        ssl = base.startswith("https://")
-        for scheme in ("http://", "https://"):
-            base = base.removeprefix(scheme)
+        base, ssl = split_url(url)
         self.url = url
         self.timeout_s = timeout_s
         self._client = InferenceServerClient(url=base, ssl=ssl, conn_timeout=timeout_s)

@@ -131,7 +131,8 @@ RuntimeFactory = Callable[[GatewaySettings, InferenceClient], Runtime]
 
 
 def inference_client(settings: GatewaySettings) -> InferenceClient:
-    """Triton (with canary routing and a circuit breaker), or the models in this process."""
+    """Triton or any Open Inference Protocol v2 endpoint(s) (with canary routing and a
+    circuit breaker), or the models in this process."""
     if settings.inference == "local":
         from feedserve.models.local_inference import LocalInferenceClient
         from feedserve.settings import ModelSettings
@@ -141,8 +142,9 @@ def inference_client(settings: GatewaySettings) -> InferenceClient:
     router = VersionRouter(pathlib.Path(settings.routing_dir)) if settings.routing_dir else None
     breaker = CircuitBreaker(settings.triton_breaker_failures, settings.triton_breaker_cooldown_s)
     return AsyncTritonClient(
-        settings.triton_url, settings.triton_timeout_s, router, breaker=breaker
-    )
+        settings.triton_url, settings.triton_timeout_s, router, breaker=breaker,
+        protocol=settings.inference_protocol, model_urls=settings.model_urls,
+    )  # fmt: skip
 
 
 def create_app(
