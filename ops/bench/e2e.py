@@ -11,7 +11,8 @@ count and time, loopback only) and records:
 - latency p50/p95/p99, achieved throughput (OK answers per second) and errors;
 - where the time goes: the gateway's per-stage histograms (featurize, embed, retrieve, rank,
   …; ``/metrics`` before and after) and, for the disaggregated stack, Triton's own compute
-  time per request (``/v2/models/<m>/stats``), so **overhead = end-to-end − model compute**.
+  time per request (the models' execution time from ``/v2/models/<m>/stats``, each batched
+  execution counted once), so **overhead = end-to-end − model compute**.
 
 ``saturation_rps`` is the highest achieved throughput of a configuration over the sweep.
 Any gateway URL can be measured instead with ``--url`` (no stack is started; no Triton
@@ -75,17 +76,22 @@ def scrape(client: httpx.Client, url: str) -> dict[str, float]:
 
 
 def triton_compute_ns(client: httpx.Client, triton_url: str | None) -> int:
-    """Cumulative compute (input + infer + output) nanoseconds of the three models."""
+    """Cumulative execution (compute input + infer + output) nanoseconds of the three models.
+
+    Read from Triton's per-batch-size statistics, where each execution counts once: the
+    per-request ``inference_stats`` charge a dynamic batch's whole compute to every request in
+    it, which overstates compute (beyond the wall time) as soon as requests are batched."""
     if triton_url is None:
         return 0
     total = 0
     for model in MODELS:
         stats = client.get(f"http://{triton_url}/v2/models/{model}/stats").json()
         for version in stats.get("model_stats", []):
-            inf = version["inference_stats"]
-            total += sum(
-                int(inf[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output")
-            )
+            for batch in version.get("batch_stats", []):
+                total += sum(
+                    int(batch[k]["ns"])
+                    for k in ("compute_input", "compute_infer", "compute_output")
+                )
     return total
 
 
