@@ -65,6 +65,11 @@ PROTOCOLS: tuple[WireProtocol, ...] = ("triton", "v2")
 """triton: Triton's binary-tensor extension; v2: the plain Open Inference Protocol (JSON)."""
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+"""tritonclient posts a JSON-only request body untyped (``application/octet-stream``), which
+strict v2 servers (KServe's model server) take for the binary extension and refuse."""
+
+
 def split_url(url: str) -> tuple[str, bool]:
     """``host[:port]`` and whether to use TLS, from ``host:port`` or ``http(s)://...``."""
     base = url.strip().rstrip("/")
@@ -285,7 +290,10 @@ class AsyncTritonClient(ModelCalls):
         timeout_s: float | None,
     ) -> Any:
         client = self.client_for(signature.name)
-        call = client.infer(signature.name, tensors, outputs=outputs, model_version=version)
+        typed = {} if self.protocol == "triton" else {"headers": dict(JSON_HEADERS)}
+        call = client.infer(
+            signature.name, tensors, outputs=outputs, model_version=version, **typed
+        )
         return await _infer_call(signature.name, call, timeout_s or self.timeout_s)
 
     async def ready(self, models: tuple[str, ...] = tuple(SIGNATURES)) -> bool:
@@ -391,7 +399,9 @@ class OipV2Client:
             inputs.append(tensor)
         requested = [InferRequestedOutput(n, binary_data=False) for n in outputs]
         where = f"{model} at {self.url}"
-        call = self._client.infer(model, inputs, model_version=version, outputs=requested)
+        call = self._client.infer(
+            model, inputs, model_version=version, outputs=requested, headers=dict(JSON_HEADERS)
+        )
         result = await _infer_call(where, call, timeout_s or self.timeout_s)
         out: dict[str, np.ndarray] = {}
         for name in outputs:
