@@ -42,6 +42,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "pipeline": {"name": "prod", "spec": {"autoscaling": {"policy": "hpa"},
                              "inference": {"gpusPerPod": 2, "replicas": {"min": 2, "max": 16}},
                              "redis": {"prefix": "prod"}}}},
+    "kserve": {"kserve": {"enabled": True},
+               "pipeline": {"spec": {"inference": {"kserve": {"transformer": True}}}}},
 }  # fmt: skip
 
 
@@ -128,6 +130,8 @@ def test_the_operators_children_are_valid_and_restricted() -> None:
             spec = FeedPipelineSpec.model_validate(fp["spec"])
             children = render_pipeline(fp["metadata"]["name"], NS, spec, uid="u")
             for obj in children:
+                if obj["apiVersion"].startswith("serving.kserve.io/"):
+                    continue  # KServe's kinds: against KServe's CRD in test_render_kserve.py
                 k8s_validate(obj)
             for pod_name, pod in pod_specs(children):
                 # offline Jobs run to completion: no probes
@@ -207,6 +211,41 @@ def test_network_policies_select_the_operators_pods() -> None:
     assert not by_kind(render(APP, VALUE_SETS["monitoring"]), "NetworkPolicy")
 
 
+def test_kserve_mode() -> None:
+    """The kserve value: the FeedPipeline's runtime, the operator's InferenceService rights,
+    no Triton NetworkPolicy, and the prerequisite in the NOTES (KServe is not bundled)."""
+    objs = render(APP, VALUE_SETS["kserve"])
+    fp = by_kind(objs, "FeedPipeline")[0]
+    assert fp["spec"]["inference"]["runtime"] == "kserve"
+    (role,) = by_kind(objs, "Role")
+    rules = [r for r in role["rules"] if r["apiGroups"] == ["serving.kserve.io"]]
+    assert rules == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                      "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]  # fmt: skip
+    policies = {p["metadata"]["name"] for p in by_kind(objs, "NetworkPolicy")}
+    assert policies == {"rel-feedserve-redis"}
+    assert not any(o["kind"].startswith("CustomResourceDefinition") for o in objs)
+    children = render_pipeline("feed", NS, FeedPipelineSpec.model_validate(fp["spec"]), uid="u")
+    assert sorted(o["metadata"]["name"] for o in children if o["kind"] == "InferenceService") == [
+        "feed-generative-ranker", "feed-post-index", "feed-retrieval-encoder"]  # fmt: skip
+    rendered = chart.Chart.load(str(APP)).render(values=VALUE_SETS["kserve"], name="rel",
+                                                 namespace=NS)  # fmt: skip
+    notes = rendered["feedserve/templates/NOTES.txt"]
+    assert "kubectl get crd inferenceservices.serving.kserve.io" in notes
+    # a runtime the values name wins; without the value, nothing about KServe
+    triton = {
+        "kserve": {"enabled": True},
+        "pipeline": {"spec": {"inference": {"runtime": "triton"}}},
+    }
+    assert (
+        by_kind(render(APP, triton), "FeedPipeline")[0]["spec"]["inference"]["runtime"] == "triton"
+    )
+    plain = render(APP, {})
+    assert "runtime" not in by_kind(plain, "FeedPipeline")[0]["spec"]["inference"]
+    assert not [
+        r for r in by_kind(plain, "Role")[0]["rules"] if "serving.kserve.io" in r["apiGroups"]
+    ]
+
+
 BAD_VALUES = [
     ({"operator": {"resyncSeconds": 1}}, "/operator/resyncSeconds"),
     ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "/operator/image/pullPolicy"),
@@ -222,6 +261,9 @@ BAD_VALUES = [
     ({"pipeline": {"spec": {"gatewy": {}}}}, "additional properties 'gatewy'"),
     ({"monitoring": {"serviceMonitor": {"interval": "soon"}}},
      "/monitoring/serviceMonitor/interval"),
+    ({"kserve": {"enabled": "yes"}}, "/kserve/enabled"),
+    ({"pipeline": {"spec": {"inference": {"runtime": "seldon"}}}},
+     "/pipeline/spec/inference/runtime"),
 ]  # fmt: skip
 
 
