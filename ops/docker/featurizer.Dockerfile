@@ -14,6 +14,13 @@
 # too (torch==2.13.0 from the CPU wheel index; the offline Job runs on CPU):
 #   docker build -f ops/docker/featurizer.Dockerfile --build-arg FEEDSERVE_EXTRAS=featurizer,models \
 #     -t feedserve/featurizer:0.1.0 .
+#
+# A fourth command, for pipelines whose inference pool runs on KServe with the featurizer as
+# the encoder's KServe transformer (render_kserve.py; inference.kserve.transformer):
+#   python -m feedserve_featurizers.kserve_transformer   (port 8080; KServe adds its arguments)
+# It needs the kserve extra:
+#   docker build -f ops/docker/featurizer.Dockerfile --build-arg FEEDSERVE_EXTRAS=featurizer,kserve \
+#     -t feedserve/featurizer:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- builder: a wheel of the project, installed with the featurizer extra into /opt/venv -----
