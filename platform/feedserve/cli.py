@@ -158,6 +158,13 @@ def up(
 
         load(workflow)  # invalid: a clear error now, not a gateway that fails to start
         base = base.model_copy(update={"workflow": workflow.resolve()})
+    from feedserve.settings import FeaturizerSettings
+    from feedserve_featurizers.batch import BackendUnavailable, check_backend
+
+    try:  # the featurizer (workers or in-process) would fail later with less to go on
+        check_backend(FeaturizerSettings())
+    except BackendUnavailable as exc:
+        raise CLIError(str(exc)) from None
     url = (
         "" if embedded or monolith else (redis_url or base.redis_url or "redis://127.0.0.1:6379/0")
     )

@@ -67,6 +67,25 @@ def test_up_refuses_unreachable_redis(tmp_path: Path, built: object) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_up_without_dali_for_a_dali_featurizer_is_one_line(tmp_path: Path, built: object) -> None:
+    """The featurizer backend is checked before anything starts (embedded mode included)."""
+    hide_dali = tmp_path / "sitecustomize.py"
+    hide_dali.write_text("import sys\nsys.modules['nvidia.dali'] = None\n")
+    paths = [str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    result = feedserve(
+        "up",
+        "--embedded",
+        "--data",
+        str(built.data_dir),  # type: ignore[attr-defined]
+        "--artifacts",
+        str(built.artifacts_dir),  # type: ignore[attr-defined]
+        env={"FEEDSERVE_FEATURIZER_BACKEND": "dali", "PYTHONPATH": os.pathsep.join(paths)},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "featurizer backend 'dali' needs NVIDIA DALI" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_version() -> None:
     result = feedserve("version")
     assert result.returncode == 0 and result.stdout.strip()
