@@ -147,7 +147,14 @@ class KubeApi:
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         namespace = obj["metadata"]["namespace"]
-        out = await self._request("POST", kind_of(obj).base(namespace), dict(obj))
+        kind = kind_of(obj)
+        try:
+            out = await self._request("POST", kind.base(namespace), dict(obj))
+        except KubeError as exc:
+            if kind.kind in OPTIONAL_KINDS and exc.status == 404:
+                raise KubeError(404, f"the cluster does not serve {kind.api_version} "
+                                f"{kind.kind} (is KServe installed?): {exc}") from exc  # fmt: skip
+            raise
         return out or {}
 
     async def merge_patch(

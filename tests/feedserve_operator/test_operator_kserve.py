@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kmock
 import kopf
 import pytest
 from kopf.testing import KopfRunner
@@ -357,3 +358,26 @@ def test_feedmodel_canary_is_the_inference_service_traffic_split(
         poll(lambda: triton_state(triton)[1] == 8, 30, "repository config restored")
         poll(lambda: not (predictor().get("annotations") or {}), 15, "annotation removed")
         poll(lambda: cluster.get(FM, NS, "ranker") is None, 15, "FeedModel gone")
+
+
+def test_without_kserve_installed_the_pipeline_says_so(
+    cluster: Any, poll: Callable[..., Any]
+) -> None:
+    """A cluster without KServe (its API answers 404): the pipeline is Degraded, naming why."""
+
+    async def uninstall() -> None:
+        cluster.emulator[kmock.resource(ISVC)] << 404
+
+    cluster.call(uninstall)
+    with running(cluster):
+        cluster.put(FP, pipeline())
+
+        def degraded_condition() -> dict[str, Any] | None:
+            found = condition(cluster.get(FP, NS, "feed"), "Degraded")
+            return found if found.get("status") == "True" else None
+
+        degraded = poll(degraded_condition, 15, "Degraded")
+        assert degraded["reason"] == "ReconcileFailed"
+        assert "is KServe installed?" in degraded["message"]
+        # the rest of the pipeline was not held back by it
+        assert {"feed-featurizer"} <= children(cluster, DEPLOYMENTS)
