@@ -722,6 +722,8 @@ EXTRA_ONLY_MODULES: dict[str, str] = {
     # the KServe transformer (operator: inference.kserve.transformer) needs the kserve extra:
     # the documented FEEDSERVE_EXTRAS=featurizer,kserve build
     "feedserve_featurizers.kserve_transformer": "kserve",
+    # a featurizers.backend: dali pool: FEEDSERVE_EXTRAS=featurizer,dali (README)
+    "feedserve_featurizers.dali_backend": "dali",
 }
 """Modules of a package an image imports only when it is built with the named extra."""
 
