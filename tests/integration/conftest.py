@@ -2,13 +2,25 @@
 
 Everything binds to loopback on free ports; every process is stopped at teardown and the
 test's Redis prefix is deleted.
+
+Starting a disaggregated stack costs 10-40 s of a 2-core machine, so modules that only use
+one share it (``SharedStacks``): one stack per member-embedding mode, started by the first
+module that asks, kept while the next test still uses shared stacks, health-checked before
+it is handed out again (restarted if a process died or a model is not ready). A module on a
+shared stack leaves it as it found it (reload what it unloads, restore what it edits).
+A module that changes the served models for good takes the stack for itself
+(``own_stack``: the shared one, handed over, stopped after the module) and runs after the
+modules that share it; modules that kill processes or need other settings start their own
+(``stack_helpers.start_redis_stack``).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -72,9 +84,152 @@ def start_redis_stack(
         open_store(settings).clear()
 
 
+MODELS = ("retrieval_encoder", "post_index", "generative_ranker")
+ONLINE = "online"
+
+
+def healthy(stack: Stack) -> bool:
+    """Every process alive, the gateway ready and every model loaded."""
+    if not stack.processes or not all(p.alive() for p in stack.processes):
+        return False
+    try:
+        if httpx.get(f"{stack.gateway_url}/readyz", timeout=10).status_code != 200:
+            return False
+        return all(
+            httpx.get(f"http://{stack.triton_url}/v2/models/{m}/ready", timeout=10).status_code
+            == 200
+            for m in MODELS
+        )
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class _Shared:
+    stack: Stack
+    closer: ExitStack
+    leases: int = 0
+
+
+class SharedStacks:
+    """Disaggregated stacks shared by test modules, one per member-embedding mode (the
+    feed workflow with ``embed_member`` in that mode; ``online`` is the packaged one)."""
+
+    def __init__(self, built: object, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.built = built
+        self.tmp_path_factory = tmp_path_factory
+        self.stacks: dict[str, _Shared] = {}
+
+    def _start(self, mode: str) -> _Shared:
+        closer = ExitStack()
+        try:
+            workflow = workflow_with_member_embedding(mode, self.tmp_path_factory.mktemp("wf"))
+            start = contextmanager(start_redis_stack)
+            stack = closer.enter_context(start(self.built, self.tmp_path_factory, workflow))
+        except BaseException:
+            closer.close()
+            raise
+        return _Shared(stack, closer)
+
+    def _reusable(self, mode: str) -> _Shared | None:
+        shared = self.stacks.get(mode)
+        if shared is not None and shared.leases == 0 and not healthy(shared.stack):
+            del self.stacks[mode]
+            shared.closer.close()
+            return None
+        return shared
+
+    @contextmanager
+    def lease(self, mode: str) -> Iterator[Stack]:
+        """The shared stack of ``mode`` (started if there is none, or none healthy)."""
+        shared = self._reusable(mode)
+        if shared is None:
+            shared = self.stacks[mode] = self._start(mode)
+        shared.leases += 1
+        try:
+            yield shared.stack
+        finally:
+            shared.leases -= 1
+
+    @contextmanager
+    def take(self, mode: str) -> Iterator[Stack]:
+        """The shared stack of ``mode`` for the caller alone (a fresh one if it is in use
+        or there is none), stopped when the caller is done."""
+        shared = self._reusable(mode)
+        if shared is not None and shared.leases == 0:
+            del self.stacks[mode]
+        else:
+            shared = self._start(mode)
+        with shared.closer:
+            yield shared.stack
+
+    def close_idle(self) -> None:
+        for mode, shared in list(self.stacks.items()):
+            if shared.leases == 0:
+                del self.stacks[mode]
+                shared.closer.close()
+
+
+SHARED_STACKS = pytest.StashKey[SharedStacks]()
+
+
+@pytest.fixture(scope="session")
+def shared_stacks(
+    request: pytest.FixtureRequest, built: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedStacks]:
+    pool = SharedStacks(built, tmp_path_factory)
+    request.config.stash[SHARED_STACKS] = pool
+    try:
+        yield pool
+    finally:
+        del request.config.stash[SHARED_STACKS]
+        pool.close_idle()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
+    """Stop the shared stacks as soon as the next test uses none (after this test's own
+    fixtures let go of theirs)."""
+    try:
+        return (yield)
+    finally:
+        pool = item.config.stash.get(SHARED_STACKS, None)
+        if pool is not None and (nextitem is None or not _uses_shared(nextitem)):
+            pool.close_idle()
+
+
+def _uses_shared(item: pytest.Item) -> bool:
+    return "shared_stacks" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that take a shared stack for themselves run right after the last test that
+    shares one, so that the stack they take has served everyone else first."""
+    takers = [i for i in items if "own_stack" in getattr(i, "fixturenames", ())]
+    if not takers:
+        return
+    taken = {id(i) for i in takers}
+    rest = [i for i in items if id(i) not in taken]
+    after = max((n + 1 for n, i in enumerate(rest) if _uses_shared(i)), default=len(rest))
+    items[:] = rest[:after] + takers + rest[after:]
+
+
 @pytest.fixture(scope="module")
-def redis_stack(built: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_redis_stack(built, tmp_path_factory)
+def redis_stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    """The shared disaggregated stack serving the packaged feed workflow."""
+    with shared_stacks.lease(ONLINE) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def own_stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    """The shared stack of the packaged workflow, for this module alone (it changes what the
+    stack serves, e.g. activates new model versions); stopped after the module."""
+    with shared_stacks.take(ONLINE) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,12 @@ from feedserve_featurizers.tensors import history_tensors
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def redis_stack(own_stack: Stack) -> Stack:
+    """The shared stack, for this module alone: it activates new model versions."""
+    return own_stack
+
+
 def triton_call(stack: Stack, fn: Callable[[AsyncTritonClient], Any]) -> Any:
     async def run() -> Any:
         client = AsyncTritonClient(stack.triton_url, timeout_s=30.0)

@@ -25,18 +25,12 @@ MEMBER_EMBEDDING_MODES = ["online", "offline+nearline"]
 
 
 @pytest.fixture(scope="module", params=MEMBER_EMBEDDING_MODES)
-def redis_stack(
-    request: pytest.FixtureRequest,
-    built: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-    stack_helpers: Any,
-) -> Iterator[Stack]:
+def redis_stack(request: pytest.FixtureRequest, shared_stacks: Any) -> Iterator[Stack]:
     """Every test of this module runs twice: the member embedding computed in each request,
-    and precomputed + refreshed nearline (the workflow file differs in one line)."""
-    workflow = stack_helpers.workflow_with_member_embedding(
-        request.param, tmp_path_factory.mktemp("wf")
-    )
-    yield from stack_helpers.start_redis_stack(built, tmp_path_factory, workflow)
+    and precomputed + refreshed nearline (the workflow file differs in one line). Both
+    stacks are shared with other modules (see conftest)."""
+    with shared_stacks.lease(request.param) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Workflow modes through real processes: the offline job, nearline refresh, remote steps.
 
 One stack (tritonserver, Redis, Celery worker, event consumer, gateway) serving the feed
-workflow with the member embedding in ``offline+nearline`` mode.
+workflow with the member embedding in ``offline+nearline`` mode (the shared one).
 """
 
 from __future__ import annotations
@@ -37,13 +37,10 @@ TABLE = "member_embedding"
 
 
 @pytest.fixture(scope="module")
-def stack(
-    built: Any, tmp_path_factory: pytest.TempPathFactory, stack_helpers: Any
-) -> Iterator[Stack]:
-    workflow = stack_helpers.workflow_with_member_embedding(
-        "offline+nearline", tmp_path_factory.mktemp("wf")
-    )
-    yield from stack_helpers.start_redis_stack(built, tmp_path_factory, workflow)
+def stack(shared_stacks: Any) -> Iterator[Stack]:
+    """Shared with test_stack's offline+nearline tests (see conftest)."""
+    with shared_stacks.lease("offline+nearline") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
