@@ -318,7 +318,7 @@ async def autoscale_pipeline(
     changes = rc.scale_patches(decision, rc.pool_replicas(deployments))
     if parsed.inference.runtime == "kserve":
         changes.pop("inference", None)  # KServe sizes its InferenceServices
-    names = {d["metadata"]["labels"][COMPONENT_LABEL]: d["metadata"]["name"] for d in deployments}
+    names = {pool: d["metadata"]["name"] for pool, d in rc.by_pool(deployments).items()}
     for pool, replicas in changes.items():
         await op.api.merge_patch(
             "Deployment", namespace, names[pool], {"spec": {"replicas": replicas}}

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from feedserve_operator.autoscale import Observation
-from feedserve_operator.reconcile import COMPONENT_LABEL
+from feedserve_operator.reconcile import pool_status
 from feedserve_operator.spec import FeedPipelineSpec
 
 WINDOW = "1m"
@@ -75,15 +75,9 @@ def observation(
     required signal has no samples yet."""
     if any(values.get(k) is None for k in REQUIRED):
         return None
-    pools: dict[str, tuple[int, int]] = {}
-    for d in deployments:
-        pool = (d.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL)
-        pools[str(pool)] = (
-            int((d.get("spec") or {}).get("replicas") or 0),
-            int((d.get("status") or {}).get("readyReplicas") or 0),
-        )
-    feat_replicas, feat_ready = pools.get("featurizer", (0, 0))
-    inf_replicas, inf_ready = pools.get("inference", (0, 0))
+    pools = pool_status(deployments)
+    feat_replicas, feat_ready = pools["featurizer"].desired, pools["featurizer"].ready
+    inf_replicas, inf_ready = pools["inference"].desired, pools["inference"].ready
 
     def value(key: str) -> float:
         v = values.get(key)

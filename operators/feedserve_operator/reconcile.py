@@ -85,6 +85,16 @@ def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in obj.items() if k != "metadata"}, "metadata": keep}
 
 
+def by_pool(live_deployments: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The pools' live Deployments by their component label (other Deployments left out)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for d in live_deployments:
+        pool = (d.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL)
+        if pool in POOLS:
+            out[str(pool)] = d
+    return out
+
+
 def kept_replicas(
     spec: FeedPipelineSpec, live_deployments: Sequence[Mapping[str, Any]]
 ) -> dict[str, int]:
@@ -95,12 +105,7 @@ def kept_replicas(
         "inference": (spec.inference.replicas.min, spec.inference.replicas.max),
         "gateway": (spec.gateway.replicas, spec.gateway.replicas),
     }
-    current = {
-        d.get("metadata", {}).get("labels", {}).get(COMPONENT_LABEL): d.get("spec", {}).get(
-            "replicas"
-        )
-        for d in live_deployments
-    }
+    current = {p: d.get("spec", {}).get("replicas") for p, d in by_pool(live_deployments).items()}
     out = {}
     for pool, (lo, hi) in bounds.items():
         now = current.get(pool)
@@ -111,13 +116,11 @@ def kept_replicas(
 def pool_status(live_deployments: Sequence[Mapping[str, Any]]) -> dict[str, PoolStatus]:
     """Desired and ready replicas of each pool's Deployment."""
     out = {pool: PoolStatus() for pool in POOLS}
-    for d in live_deployments:
-        pool = d.get("metadata", {}).get("labels", {}).get(COMPONENT_LABEL)
-        if pool in out:
-            out[pool] = PoolStatus(
-                desired=int(d.get("spec", {}).get("replicas") or 0),
-                ready=int((d.get("status") or {}).get("readyReplicas") or 0),
-            )
+    for pool, d in by_pool(live_deployments).items():
+        out[pool] = PoolStatus(
+            desired=int(d.get("spec", {}).get("replicas") or 0),
+            ready=int((d.get("status") or {}).get("readyReplicas") or 0),
+        )
     return out
 
 
@@ -218,8 +221,5 @@ def scale_patches(decision: Decision, current: Mapping[str, int]) -> dict[str, i
 
 def pool_replicas(live_deployments: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """``{pool: spec.replicas}`` of the pools' live Deployments."""
-    return {
-        str(d["metadata"]["labels"][COMPONENT_LABEL]): int(d.get("spec", {}).get("replicas") or 0)
-        for d in live_deployments
-        if (d.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL) in POOLS
-    }
+    pools = by_pool(live_deployments)
+    return {p: int(d.get("spec", {}).get("replicas") or 0) for p, d in pools.items()}
