@@ -21,12 +21,6 @@ from kopf.testing import KopfRunner
 
 from feedserve.launcher import (
     ManagedProcess,
-    free_port,
-    http_ok,
-    prepare_triton_backends,
-    pytriton_dir,
-    triton_env,
-    wait_until,
 )
 from feedserve.triton_client import AsyncTritonClient
 from feedserve.workflow.spec import DEFAULT_WORKFLOW
@@ -256,60 +250,6 @@ def test_coupled_policy_scales_both_pools_within_bounds(
         calls = metrics.calls
         poll(lambda: cluster.get(FP, NS, "feed")["status"]["policy"] == "hpa", 15, "status")
         assert metrics.calls <= calls + 1
-
-
-MODEL_PY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.version = int(args["model_version"])
-
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            version = np.full(x.shape, self.version, dtype=np.int32)
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("version", version)]))
-        return out
-"""
-CONFIG_PBTXT = """name: "generative_ranker"
-backend: "python"
-max_batch_size: 8
-dynamic_batching { max_queue_delay_microseconds: 100 }
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-input [ { name: "x", data_type: TYPE_INT32, dims: [ 1 ] } ]
-output [ { name: "version", data_type: TYPE_INT32, dims: [ 1 ] } ]
-"""
-
-
-@pytest.fixture()
-def triton(tmp_path: Path) -> Iterator[str]:
-    """A real tritonserver (explicit model control) with versions 1-3 of a tiny
-    ``generative_ranker`` that answers its own version number."""
-    repo = tmp_path / "repo" / "generative_ranker"
-    for version in (1, 2, 3):
-        (repo / str(version)).mkdir(parents=True)
-        (repo / str(version) / "model.py").write_text(MODEL_PY)
-    (repo / "config.pbtxt").write_text(CONFIG_PBTXT)
-    backends = prepare_triton_backends(tmp_path / "runtime")
-    http = free_port()
-    cmd = [
-        str(pytriton_dir() / "bin" / "tritonserver"),
-        f"--model-repository={repo.parent}", f"--backend-directory={backends}",
-        "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false",
-        "--allow-metrics=false", "--model-control-mode=explicit",
-        "--load-model=generative_ranker", "--exit-timeout-secs=5",
-    ]  # fmt: skip
-    proc = ManagedProcess("tritonserver", cmd, triton_env(os.environ), tmp_path / "triton.log")
-    proc.start()
-    try:
-        wait_until(http_ok(f"http://127.0.0.1:{http}/v2/health/ready"), 120, "triton", proc)
-        yield f"127.0.0.1:{http}"
-    finally:
-        proc.stop()
 
 
 def triton_versions(url: str) -> list[int]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,15 +17,6 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 
-from feedserve.launcher import (
-    ManagedProcess,
-    free_port,
-    http_ok,
-    prepare_triton_backends,
-    pytriton_dir,
-    triton_env,
-    wait_until,
-)
 from feedserve.triton_client import AsyncTritonClient
 from feedserve_operator.handlers import Operator, OperatorSettings, register
 from feedserve_operator.kube import KubeApi
@@ -200,60 +189,6 @@ def test_pipeline_inference_pool_as_inference_services(
         cluster.delete(FP, NS, "feed")
         poll(lambda: not children(cluster, ISVC), 15, "InferenceServices deleted")
         poll(lambda: cluster.get(FP, NS, "feed") is None, 15, "FeedPipeline gone")
-
-
-MODEL_PY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.version = int(args["model_version"])
-
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            version = np.full(x.shape, self.version, dtype=np.int32)
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("version", version)]))
-        return out
-"""
-CONFIG_PBTXT = """name: "generative_ranker"
-backend: "python"
-max_batch_size: 8
-dynamic_batching { max_queue_delay_microseconds: 100 }
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-input [ { name: "x", data_type: TYPE_INT32, dims: [ 1 ] } ]
-output [ { name: "version", data_type: TYPE_INT32, dims: [ 1 ] } ]
-"""
-
-
-@pytest.fixture()
-def triton(tmp_path: Path) -> Iterator[str]:
-    """A real tritonserver, as in a KServe predictor pod (explicit model control), with
-    versions 1-3 of a tiny ``generative_ranker`` that answers its own version number."""
-    repo = tmp_path / "repo" / "generative_ranker"
-    for version in (1, 2, 3):
-        (repo / str(version)).mkdir(parents=True)
-        (repo / str(version) / "model.py").write_text(MODEL_PY)
-    (repo / "config.pbtxt").write_text(CONFIG_PBTXT)
-    backends = prepare_triton_backends(tmp_path / "runtime")
-    http = free_port()
-    cmd = [
-        str(pytriton_dir() / "bin" / "tritonserver"),
-        f"--model-store={repo.parent}", f"--backend-directory={backends}",
-        "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false",
-        "--allow-metrics=false", "--model-control-mode=explicit",
-        "--load-model=generative_ranker", "--exit-timeout-secs=5",
-    ]  # fmt: skip
-    proc = ManagedProcess("tritonserver", cmd, triton_env(os.environ), tmp_path / "triton.log")
-    proc.start()
-    try:
-        wait_until(http_ok(f"http://127.0.0.1:{http}/v2/health/ready"), 120, "triton", proc)
-        yield f"127.0.0.1:{http}"
-    finally:
-        proc.stop()
 
 
 def triton_state(url: str) -> tuple[list[int], int]:
