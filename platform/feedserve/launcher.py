@@ -204,6 +204,9 @@ class Stack:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     processes: list[ManagedProcess] = field(default_factory=list)
     on_progress: Callable[[str], None] = lambda _msg: None
+    triton_exit_timeout_s: int = 10
+    """How long a stopping tritonserver waits for in-flight requests and open client
+    connections before it exits anyway."""
 
     @property
     def gateway_url(self) -> str:
@@ -262,7 +265,7 @@ class Stack:
             "--model-control-mode=explicit",  # models can be loaded/unloaded at run time
             "--load-model=*",
             "--log-verbose=0",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={self.triton_exit_timeout_s}",
         ]
         proc = self._add("tritonserver", cmd, triton_env(self._feedserve_env()))
         return proc

@@ -67,6 +67,7 @@ def start_redis_stack(
     tmp_path_factory: pytest.TempPathFactory,
     workflow: Path | None = None,
     env: dict[str, str] | None = None,
+    triton_exit_timeout_s: int = 10,
 ) -> Iterator[Stack]:
     """The disaggregated stack: Triton + Redis + Celery worker + event consumer + gateway
     (``env``: extra environment of every process)."""
@@ -74,7 +75,12 @@ def start_redis_stack(
         pytest.fail(f"Redis does not answer at {REDIS_URL}; .ci/run starts one (see README)")
     settings = _settings(built, tmp_path_factory.mktemp("run"), REDIS_URL, workflow)
     load_dataset(settings)
-    stack = Stack(settings, Ports.allocate(settings.host), env={**os.environ, **(env or {})})
+    stack = Stack(
+        settings,
+        Ports.allocate(settings.host),
+        env={**os.environ, **(env or {})},
+        triton_exit_timeout_s=triton_exit_timeout_s,
+    )
     try:
         with stack:
             yield stack

@@ -46,7 +46,11 @@ def stack(
         "FEEDSERVE_API_KEYS": f"{KEY},spare-key",
         "FEEDSERVE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
     }
-    yield from stack_helpers.start_redis_stack(built, tmp_path_factory, env=env)
+    # the tritonserver stopped under traffic exits 2 s after SIGTERM, not 10: the gateway
+    # keeps its connections open, which a stopping server otherwise waits out
+    yield from stack_helpers.start_redis_stack(
+        built, tmp_path_factory, env=env, triton_exit_timeout_s=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +201,7 @@ def test_triton_down_degrades_then_recovers(client: httpx.Client, stack: Stack) 
     assert "feedserve_degraded_total" in metrics
     # back again: the same command, the same ports
     stack.processes.remove(triton)
+    stack.triton_exit_timeout_s = 10  # this one unloads its models at teardown, unhurried
     again = stack.start_triton()
     # back in the first one's place: stopped after the processes that call it (tritonserver
     # waits out its exit timeout for open client connections)
