@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ class SharedStacks:
         self.built = built
         self.tmp_path_factory = tmp_path_factory
         self.stacks: dict[str, _Shared] = {}
+        self.retired: list[ExitStack] = []
 
     def _start(self, mode: str) -> _Shared:
         closer = ExitStack()
@@ -160,20 +162,28 @@ class SharedStacks:
     @contextmanager
     def take(self, mode: str) -> Iterator[Stack]:
         """The shared stack of ``mode`` for the caller alone (a fresh one if it is in use
-        or there is none), stopped when the caller is done."""
+        or there is none), stopped after the caller is done, with the idle ones."""
         shared = self._reusable(mode)
         if shared is not None and shared.leases == 0:
             del self.stacks[mode]
         else:
             shared = self._start(mode)
-        with shared.closer:
+        try:
             yield shared.stack
+        finally:
+            self.retired.append(shared.closer)  # stopped with the idle ones, at once
 
     def close_idle(self) -> None:
+        """Stop the stacks no module uses and the taken ones given back, concurrently."""
+        closers, self.retired = self.retired, []
         for mode, shared in list(self.stacks.items()):
             if shared.leases == 0:
                 del self.stacks[mode]
-                shared.closer.close()
+                closers.append(shared.closer)
+        if closers:
+            with ThreadPoolExecutor(len(closers)) as pool:
+                for done in [pool.submit(closer.close) for closer in closers]:
+                    done.result()
 
 
 SHARED_STACKS = pytest.StashKey[SharedStacks]()
@@ -233,7 +243,7 @@ def redis_stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def own_stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
     """The shared stack of the packaged workflow, for this module alone (it changes what the
-    stack serves, e.g. activates new model versions); stopped after the module."""
+    stack serves, e.g. activates new model versions); nobody gets it after the module."""
     with shared_stacks.take(ONLINE) as stack:
         yield stack
 
