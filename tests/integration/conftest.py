@@ -9,7 +9,7 @@ module that asks, kept while the next test still uses shared stacks, health-chec
 it is handed out again (restarted if a process died or a model is not ready). A module on a
 shared stack leaves it as it found it (reload what it unloads, restore what it edits).
 A module that changes the served models for good takes the stack for itself
-(``own_stack``: the shared one, handed over, stopped after the module) and runs after the
+(``own_stack``: the shared one, handed over, never shared again) and runs after the
 modules that share it; modules that kill processes or need other settings start their own
 (``stack_helpers.start_redis_stack``).
 """
