@@ -10,6 +10,7 @@ The emulator stores objects as sent; like a real API server, this one also fills
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import threading
@@ -21,7 +22,9 @@ from typing import Any, TypeVar
 
 import httpx
 import kmock
+import kopf
 import pytest
+from kopf.testing import KopfRunner
 
 from feedserve.launcher import (
     ManagedProcess,
@@ -32,6 +35,8 @@ from feedserve.launcher import (
     triton_env,
     wait_until,
 )
+from feedserve_operator.handlers import MetricsSource, Operator, OperatorSettings, register
+from feedserve_operator.kube import KubeApi
 
 T = TypeVar("T")
 
@@ -242,3 +247,41 @@ def triton(tmp_path: Path) -> Iterator[str]:
         yield f"127.0.0.1:{http}"
     finally:
         proc.stop()
+
+
+# --- the operator under kopf, in-process, against the mock cluster -----------------------
+
+RunOperator = Callable[..., contextlib.AbstractContextManager[Operator]]
+
+
+@contextlib.contextmanager
+def running(
+    cluster: Any, namespace: str, metrics: MetricsSource | None = None
+) -> Iterator[Operator]:
+    """kopf with feedserve's handlers in a fresh registry, watching ``namespace`` of the mock
+    cluster."""
+    registry = kopf.OperatorRegistry()
+    settings = OperatorSettings(
+        resync_s=0.5, retry_s=0.2, autoscale_tick_s=0.2, model_resync_s=0.5, triton_timeout_s=30
+    )
+    op = Operator(KubeApi(cluster.url, verify=False), settings, metrics=metrics)
+    register(registry, op)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
+
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.scanning.disabled = True
+    kopf_settings.watching.server_timeout = 10
+    args = ["run", "--standalone", "--namespace", namespace, "--verbose"]
+    with KopfRunner(args, registry=registry, settings=kopf_settings, timeout=60) as runner:
+        yield op
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture()
+def run_operator() -> RunOperator:
+    """``with run_operator(cluster, namespace[, metrics=...]) as op:``: the operator runs."""
+    return running

@@ -5,19 +5,16 @@ children and the status."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kopf
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 
 from feedserve.launcher import (
     ManagedProcess,
@@ -25,9 +22,11 @@ from feedserve.launcher import (
 from feedserve.triton_client import AsyncTritonClient
 from feedserve.workflow.spec import DEFAULT_WORKFLOW
 from feedserve_operator.autoscale import Observation
-from feedserve_operator.handlers import MetricsSource, Operator, OperatorSettings, register
-from feedserve_operator.kube import KubeApi
+from feedserve_operator.handlers import Operator
 from feedserve_operator.spec import FeedPipelineSpec
+
+if TYPE_CHECKING:
+    from tests.feedserve_operator.conftest import RunOperator
 
 NS = "feeds"
 FP = "feedserve.io/v1alpha1/feedpipelines"
@@ -50,33 +49,9 @@ def pipeline(name: str = "feed", **spec: Any) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def running(cluster: Any, metrics: MetricsSource | None = None) -> Iterator[Operator]:
-    """kopf with feedserve's handlers in a fresh registry, against the mock cluster."""
-    registry = kopf.OperatorRegistry()
-    settings = OperatorSettings(
-        resync_s=0.5, retry_s=0.2, autoscale_tick_s=0.2, model_resync_s=0.5, triton_timeout_s=30
-    )
-    op = Operator(KubeApi(cluster.url, verify=False), settings, metrics=metrics)
-    register(registry, op)
-
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
-    kopf_settings = kopf.OperatorSettings()
-    kopf_settings.scanning.disabled = True
-    kopf_settings.watching.server_timeout = 10
-    args = ["run", "--standalone", "--namespace", NS, "--verbose"]
-    with KopfRunner(args, registry=registry, settings=kopf_settings, timeout=60) as runner:
-        yield op
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
 @pytest.fixture()
-def operator(cluster: Any) -> Iterator[Operator]:
-    with running(cluster) as op:
+def operator(cluster: Any, run_operator: RunOperator) -> Iterator[Operator]:
+    with run_operator(cluster, NS) as op:
         yield op
 
 
@@ -218,10 +193,10 @@ class Overloaded:
 
 
 def test_coupled_policy_scales_both_pools_within_bounds(
-    cluster: Any, poll: Callable[..., Any]
+    cluster: Any, poll: Callable[..., Any], run_operator: RunOperator
 ) -> None:
     metrics = Overloaded()
-    with running(cluster, metrics=metrics):
+    with run_operator(cluster, NS, metrics=metrics):
         cluster.put(FP, pipeline(autoscaling={"policy": "coupled", "intervalSeconds": 5}))
 
         def replicas() -> dict[str, int] | None:

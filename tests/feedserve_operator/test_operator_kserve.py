@@ -6,20 +6,18 @@ watches the InferenceServices, the pipeline's status and a FeedModel's canary.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import kmock
-import kopf
 import pytest
-from kopf.testing import KopfRunner
 
 from feedserve.triton_client import AsyncTritonClient
-from feedserve_operator.handlers import Operator, OperatorSettings, register
-from feedserve_operator.kube import KubeApi
+
+if TYPE_CHECKING:
+    from tests.feedserve_operator.conftest import RunOperator
 
 NS = "kfeeds"
 FP = "feedserve.io/v1alpha1/feedpipelines"
@@ -44,30 +42,6 @@ def kserve_cluster(cluster: Any) -> Any:
 
     cluster.call(declare)
     return cluster
-
-
-@contextlib.contextmanager
-def running(cluster: Any) -> Iterator[Operator]:
-    """kopf with feedserve's handlers in a fresh registry, against the mock cluster."""
-    registry = kopf.OperatorRegistry()
-    settings = OperatorSettings(
-        resync_s=0.5, retry_s=0.2, autoscale_tick_s=0.2, model_resync_s=0.5, triton_timeout_s=30
-    )
-    op = Operator(KubeApi(cluster.url, verify=False), settings)
-    register(registry, op)
-
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
-    kopf_settings = kopf.OperatorSettings()
-    kopf_settings.scanning.disabled = True
-    kopf_settings.watching.server_timeout = 10
-    args = ["run", "--standalone", "--namespace", NS]
-    with KopfRunner(args, registry=registry, settings=kopf_settings, timeout=60) as runner:
-        yield op
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
 
 
 def pipeline(**inference: Any) -> dict[str, Any]:
@@ -111,10 +85,10 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 
 
 def test_pipeline_inference_pool_as_inference_services(
-    kserve_cluster: Any, poll: Callable[..., Any]
+    kserve_cluster: Any, poll: Callable[..., Any], run_operator: RunOperator
 ) -> None:
     cluster = kserve_cluster
-    with running(cluster):
+    with run_operator(cluster, NS):
         cluster.put(FP, pipeline())
         poll(lambda: children(cluster, ISVC) == ISVCS, 15, "one InferenceService per model")
         for name in ISVCS:
@@ -227,11 +201,11 @@ def predictor_pod(url: str, version: str) -> dict[str, Any]:
 
 
 def test_feedmodel_canary_is_the_inference_service_traffic_split(
-    kserve_cluster: Any, triton: str, poll: Callable[..., Any]
+    kserve_cluster: Any, triton: str, poll: Callable[..., Any], run_operator: RunOperator
 ) -> None:
     cluster = kserve_cluster
     assert triton_state(triton) == ([3], 8)  # the repository's policy: the latest
-    with running(cluster):
+    with run_operator(cluster, NS):
         cluster.put(FP, pipeline(models=["generative_ranker"]))
         poll(lambda: "feed-generative-ranker" in children(cluster, ISVC), 15, "InferenceService")
         set_status(cluster, ISVC, "feed-generative-ranker", ready("True"))
@@ -296,7 +270,7 @@ def test_feedmodel_canary_is_the_inference_service_traffic_split(
 
 
 def test_without_kserve_installed_the_pipeline_says_so(
-    cluster: Any, poll: Callable[..., Any]
+    cluster: Any, poll: Callable[..., Any], run_operator: RunOperator
 ) -> None:
     """A cluster without KServe (its API answers 404): the pipeline is Degraded, naming why."""
 
@@ -304,7 +278,7 @@ def test_without_kserve_installed_the_pipeline_says_so(
         cluster.emulator[kmock.resource(ISVC)] << 404
 
     cluster.call(uninstall)
-    with running(cluster):
+    with run_operator(cluster, NS):
         cluster.put(FP, pipeline())
 
         def degraded_condition() -> dict[str, Any] | None:
