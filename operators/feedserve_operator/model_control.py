@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from feedserve_operator.reconcile import with_transitions
+from feedserve_operator.reconcile import load_failed, with_transitions
 from feedserve_operator.render import TRITON_HTTP, canary_weights, model_versions
 from feedserve_operator.spec import Condition, FeedModelSpec, FeedModelStatus
 
@@ -127,16 +127,7 @@ def model_status(
     everywhere = sorted(set.intersection(*(set(v) for v in loaded.values()))) if loaded else []
     ready = bool(loaded) and not errors and all(v in everywhere for v in wanted)
     if errors:
-        first = sorted(errors.items())[0]
-        state = {
-            "Ready": (
-                "False",
-                "LoadFailed",
-                f"{len(errors)} pod(s) failed; {first[0]}: {first[1]}",
-            ),
-            "Progressing": ("False", "LoadFailed", ""),
-            "Degraded": ("True", "LoadFailed", f"{first[0]}: {first[1]}"),
-        }
+        state = load_failed(errors)
     elif not loaded:
         state = {
             "Ready": ("False", "NoTritonPods", "no ready Triton pod of the pipeline"),

@@ -159,6 +159,17 @@ def conditions(
     )
 
 
+def load_failed(errors: Mapping[str, str]) -> dict[str, tuple[str, str, str]]:
+    """A FeedModel's condition states when loading failed on some pods (``errors``: pod →
+    why; not empty)."""
+    pod, why = sorted(errors.items())[0]
+    return {
+        "Ready": ("False", "LoadFailed", f"{len(errors)} pod(s) failed; {pod}: {why}"),
+        "Progressing": ("False", "LoadFailed", ""),
+        "Degraded": ("True", "LoadFailed", f"{pod}: {why}"),
+    }
+
+
 def with_transitions(
     states: Mapping[str, tuple[str, str, str]],
     generation: int,

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from feedserve_operator.reconcile import with_transitions
+from feedserve_operator.reconcile import load_failed, with_transitions
 from feedserve_operator.render import (
     CONTAINER_SECURITY,
     MODELS_MOUNT,
@@ -360,13 +360,7 @@ def model_status(
     behind = sorted(p for p, v in loaded.items() if sorted(v) != sorted(expected.get(p, [])))
     ready = isvc_ok and bool(loaded) and not errors and not behind
     if errors:
-        first = sorted(errors.items())[0]
-        failed = f"{len(errors)} pod(s) failed; {first[0]}: {first[1]}"
-        state = {
-            "Ready": ("False", "LoadFailed", failed),
-            "Progressing": ("False", "LoadFailed", ""),
-            "Degraded": ("True", "LoadFailed", f"{first[0]}: {first[1]}"),
-        }
+        state = load_failed(errors)
     elif not isvc_ok:
         state = {
             "Ready": ("False", "InferenceServiceNotReady", f"{model_isvc(spec)}: {why}"),
