@@ -39,6 +39,7 @@ metadata next (all or nothing); then the text, cut at a word boundary with ``…
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -202,6 +203,9 @@ def _read_list(obj: BaseModel, field: str, role: str) -> list[Any]:
 TokenCounter = Callable[[str], int]
 """Counts the tokens of a whole prompt; must not decrease when text is appended."""
 
+PIECE_CACHE_SIZE = 65_536
+"""Distinct prompt pieces whose token counts a :class:`SplittingCounter` remembers (a few MB)."""
+
 _APPROX_RE = re.compile(r"\w{1,8}|[^\w\s]")
 
 
@@ -236,10 +240,13 @@ class SplittingCounter:
     pre-tokenizer, which splits there; :func:`approx_token_count`). Budget searches price
     candidates for such a counter piece by piece (see ``_PieceCounter``)."""
 
-    __slots__ = ("_count",)
+    __slots__ = ("_count", "piece")
 
-    def __init__(self, count: TokenCounter) -> None:
+    def __init__(self, count: TokenCounter, piece_cache_size: int = PIECE_CACHE_SIZE) -> None:
         self._count = count
+        self.piece: TokenCounter = functools.lru_cache(maxsize=piece_cache_size)(count)
+        """The same count, remembered for the last ``piece_cache_size`` distinct texts: prompt
+        pieces (a post's title, a profile line) recur across requests, whole prompts rarely."""
 
     def __call__(self, text: str) -> int:
         return self._count(text)
@@ -345,9 +352,12 @@ class _PieceCounter:
     __slots__ = ("_count", "_memo", "special")
 
     def __init__(self, count_tokens: TokenCounter) -> None:
-        self._count = count_tokens
+        # a SplittingCounter remembers pieces across prompts (and processes' requests)
+        self._count = (
+            count_tokens.piece if isinstance(count_tokens, SplittingCounter) else count_tokens
+        )
         self._memo: dict[str, int] = {}
-        self.special = count_tokens("")
+        self.special = self._count("")
 
     def __call__(self, piece: str) -> int:
         n = self._memo.get(piece)
