@@ -25,8 +25,6 @@ embeddings are binary.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -135,6 +133,27 @@ end
 return 1
 """
 
+# The newest ARGV[1] posts over several authors' post sets (KEYS), merged server-side: one
+# round trip that returns ARGV[1] ids instead of every author's newest ARGV[1] with scores.
+# Same order as the in-memory store: created_at, then the (zero-padded) id, descending.
+_POSTS_BY_AUTHORS_LUA = """
+local limit = tonumber(ARGV[1])
+local all = {}
+for _, key in ipairs(KEYS) do
+    local flat = redis.call('ZREVRANGE', key, 0, limit - 1, 'WITHSCORES')
+    for i = 1, #flat, 2 do
+        all[#all + 1] = {flat[i], tonumber(flat[i + 1])}
+    end
+end
+table.sort(all, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] > b[1]
+end)
+local out = {}
+for i = 1, math.min(limit, #all) do out[i] = all[i][1] end
+return out
+"""
+
 # XACK then XDEL each acknowledged entry (only those that were pending in the group).
 _ACK_LUA = """
 local n = 0
@@ -175,6 +194,7 @@ class RedisFeatureStore:
         self.history_max_len = history_max_len
         self._apply_event = self.client.register_script(_APPLY_EVENT_LUA)
         self._raise_seq = self.client.register_script(_RAISE_SEQ_LUA)
+        self._posts_by_authors = self.client.register_script(_POSTS_BY_AUTHORS_LUA)
 
     # --- keys --------------------------------------------------------------------------------
     def _k(self, *parts: object) -> str:
@@ -278,13 +298,8 @@ class RedisFeatureStore:
     def posts_by_authors(self, author_ids: Sequence[int], limit: int) -> list[int]:
         if limit <= 0 or not author_ids:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for a in dict.fromkeys(author_ids):
-            pipe.zrevrange(self._k("author", a), 0, limit - 1, withscores=True)
-        lists: list[list[tuple[bytes, float]]] = pipe.execute()
-        # each list is sorted by (score, member) descending; members are zero-padded ids
-        merged = heapq.merge(*lists, key=lambda ms: (ms[1], ms[0]), reverse=True)
-        return [int(m) for m, _ in itertools.islice(merged, limit)]
+        keys = [self._k("author", a) for a in dict.fromkeys(author_ids)]
+        return [int(m) for m in self._posts_by_authors(keys=keys, args=[limit])]
 
     def popular_posts(self, limit: int) -> list[int]:
         if limit <= 0:
