@@ -627,3 +627,23 @@ def test_member_search_priced_by_pieces_equals_the_whole_prompt_search(
                 assert library._render_member_v1(member, acts, **kwargs) == reference
                 assert count(reference) <= budget
     assert calls  # the non-additive counter was exercised
+
+
+def test_splitting_counter_remembers_pieces_across_prompts() -> None:
+    """A post title or profile line recurs across members' prompts: the second prompt that
+    holds it does not tokenize it again (bounded: the oldest pieces are forgotten)."""
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return library.approx_token_count(text)
+
+    member, acts = varied_members(1, seed=3)[0]
+    counter = library.SplittingCounter(count)
+    first = library._render_member_v1(member, acts, budget=100, count_tokens=counter)
+    assert len(counted) > 3
+    counted.clear()
+    assert library._render_member_v1(member, acts, budget=100, count_tokens=counter) == first
+    assert counted == [first]  # every piece remembered: only the answer is checked whole
+    small = library.SplittingCounter(count, piece_cache_size=2)  # forgets: same answer
+    assert library._render_member_v1(member, acts, budget=100, count_tokens=small) == first
