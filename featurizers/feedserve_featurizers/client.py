@@ -7,18 +7,30 @@ default (no broker): the same pure functions run in a worker thread of the gatew
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import uuid
+from contextlib import suppress
 from typing import Any, Protocol
 
 import numpy as np
-from celery.exceptions import TimeoutError as CeleryTimeoutError
+import redis.asyncio as aredis
+from celery.utils.nodenames import anon_nodename
+from kombu.serialization import dumps
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
+from feedserve import codec, tracing
 from feedserve.settings import FeaturizerSettings
 from feedserve.store.base import EmbeddingLog, FeatureStore
 from feedserve.triton_client import InferenceClient
 from feedserve_featurizers import hydrate
 
 log = logging.getLogger(__name__)
+
+ORIGIN = anon_nodename()
+"""The ``origin`` header of the task messages this process sends (Celery's own format)."""
 
 
 class FeaturizerUnavailable(Exception):
@@ -44,23 +56,129 @@ class Featurizer(Protocol):
     async def close(self) -> None: ...
 
 
+class FeaturizerTaskFailed(RuntimeError):
+    """A featurizer task ran and raised (a bug or bad input, not an outage: HTTP 500)."""
+
+
 class CeleryFeaturizer:
+    """The Celery featurizer pool, called from the gateway's event loop with asyncio Redis.
+
+    Tasks are Celery task messages (protocol 2, built by Celery's own ``as_task_v2`` and
+    serializer registry) pushed onto the pool's queue as kombu's Redis transport does, so the
+    pool is plain Celery workers; results are read from Celery's Redis result backend: each
+    task's result channel, subscribed before the task is sent, on one pub/sub connection whose
+    reader hands each result to the request awaiting it. No thread per call: Celery's
+    synchronous client (``send_task`` + ``AsyncResult.get`` in a worker thread) cost ~1 ms
+    more per call here, and its thread fought the event loop for the GIL.
+    """
+
     def __init__(self, settings: FeaturizerSettings, timeout_s: float) -> None:
-        from feedserve_featurizers.celery_app import make_app
+        from feedserve_featurizers.celery_app import make_app, queue_name
 
         self.app = make_app(settings)
         self.timeout_s = timeout_s
+        self.queue = queue_name(settings.redis_prefix)
+        self.redis = aredis.Redis.from_url(settings.redis_url)
+        self.backend = self.app.backend
+        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
-    def _call(self, name: str, *args: Any) -> Any:
-        result = self.app.send_task(name, args=args)
+    # --- results ------------------------------------------------------------------------------
+    async def _listening(self) -> PubSub:
+        """The pub/sub connection, its reader started (once; again after a lost connection)."""
+        async with self._lock:
+            if self._pubsub is None or self._reader is None or self._reader.done():
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                # a channel of our own keeps the connection subscribed between tasks
+                await pubsub.subscribe(f"feedserve-featurizer-client-{uuid.uuid4().hex}")
+                self._pubsub = pubsub
+                self._reader = asyncio.create_task(self._read(pubsub))
+            return self._pubsub
+
+    async def _read(self, pubsub: PubSub) -> None:
         try:
-            return result.get(timeout=self.timeout_s, disable_sync_subtasks=False)
-        except CeleryTimeoutError as exc:
-            result.forget()
-            raise FeaturizerUnavailable(f"{name} got no answer in {self.timeout_s:.1f}s") from exc
-        except OSError as exc:  # broker connection refused / reset
-            raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    waiter = self._pending.get(message["channel"])
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection is gone: fail the waiting calls now
+            log.warning("featurizer result connection lost: %s", exc)
+            for waiter in self._pending.values():
+                if not waiter.done():
+                    waiter.set_exception(FeaturizerUnavailable(f"result backend lost: {exc}"))
 
+    def _envelope(self, name: str, task_id: str, args: tuple[Any, ...]) -> str:
+        """The task message as kombu's Redis transport stores it in the queue's list."""
+        message = self.app.amqp.as_task_v2(task_id, name, args, {}, origin=ORIGIN)
+        headers = {**message.headers, **tracing.inject()}  # the trace continues in the worker
+        content_type, encoding, body = dumps(message.body, serializer=codec.SERIALIZER_NAME)
+        return json.dumps(
+            {
+                "body": base64.b64encode(body).decode("ascii"),
+                "content-encoding": encoding,
+                "content-type": content_type,
+                "headers": headers,
+                "properties": {
+                    **message.properties,
+                    "delivery_mode": 2,
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": str(uuid.uuid4()),
+                    "delivery_info": {"exchange": self.queue, "routing_key": self.queue},
+                },
+            }
+        )
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        task_id = str(uuid.uuid4())
+        channel = bytes(self.backend.get_key_for_task(task_id))
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[channel] = waiter
+        try:
+            try:
+                pubsub = await self._listening()
+                await pubsub.subscribe(channel)  # before the task exists: no result is missed
+                await self.redis.lpush(self.queue, self._envelope(name, task_id, args))
+            except (RedisError, OSError) as exc:
+                raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
+            raw: bytes | None
+            try:
+                raw = await asyncio.wait_for(waiter, self.timeout_s)
+            except TimeoutError:
+                raw = await self._stored_result(channel)  # published before we listened?
+                if raw is None:
+                    raise FeaturizerUnavailable(
+                        f"{name} got no answer in {self.timeout_s:.1f}s"
+                    ) from None
+        finally:
+            self._pending.pop(channel, None)
+            if self._pubsub is not None and not (self._reader is None or self._reader.done()):
+                with suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+        return self._result(name, raw)
+
+    async def _stored_result(self, key: bytes) -> bytes | None:
+        with suppress(RedisError, OSError):
+            raw = await self.redis.get(key)
+            if isinstance(raw, bytes):
+                return raw
+            await self.redis.delete(key)  # forget: a late result is not kept for nobody
+        return None
+
+    def _result(self, name: str, raw: bytes) -> Any:
+        meta = self.backend.decode_result(raw)
+        if meta.get("status") == "SUCCESS":
+            return meta.get("result")
+        exc = self.backend.exception_to_python(meta.get("result"))
+        raise FeaturizerTaskFailed(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+
+    # --- the Featurizer interface -------------------------------------------------------------
     async def hydrate_member(
         self,
         member_id: int,
@@ -69,27 +187,37 @@ class CeleryFeaturizer:
         with_prompt: bool = True,
     ) -> dict[str, Any]:
         payload = session.model_dump() if session else None
-        out: dict[str, Any] = await asyncio.to_thread(
-            self._call, "feedserve.hydrate_member", member_id, payload, now, with_prompt
+        out: dict[str, Any] = await self._call(
+            "feedserve.hydrate_member", member_id, payload, now, with_prompt
         )
         return out
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]:
-        out: dict[str, Any] = await asyncio.to_thread(
-            self._call, "feedserve.hydrate_candidates", post_ids
-        )
+        out: dict[str, Any] = await self._call("feedserve.hydrate_candidates", post_ids)
         return out
 
     async def index_post(self, post_id: int) -> None:
-        await asyncio.to_thread(self.app.send_task, "feedserve.index_post", args=(post_id,))
+        try:
+            envelope = self._envelope("feedserve.index_post", str(uuid.uuid4()), (post_id,))
+            await self.redis.lpush(self.queue, envelope)
+        except (RedisError, OSError) as exc:
+            raise FeaturizerUnavailable(f"index_post: broker unreachable ({exc})") from exc
 
     async def ready(self) -> bool:
         try:
-            return bool(await asyncio.to_thread(self._call, "feedserve.ping") == "pong")
+            return bool(await self._call("feedserve.ping") == "pong")
         except Exception:
             return False
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[attr-defined]  # (stubs predate it)
+        await self.redis.aclose()  # type: ignore[attr-defined]
         self.app.close()
 
 
@@ -166,4 +294,10 @@ class InProcessFeaturizer:
             task.cancel()
 
 
-__all__ = ["CeleryFeaturizer", "Featurizer", "FeaturizerUnavailable", "InProcessFeaturizer"]
+__all__ = [
+    "CeleryFeaturizer",
+    "Featurizer",
+    "FeaturizerTaskFailed",
+    "FeaturizerUnavailable",
+    "InProcessFeaturizer",
+]
