@@ -6,11 +6,13 @@ torch); the retrieval encoder uses the very same ``tokenizer.json`` when it is h
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from feedserve.prompts import TokenCounter, tokenizer_counter
 
@@ -24,9 +26,10 @@ class PromptTokenizer:
                 f"tokenizer file {tokenizer_file} is missing: run `feedserve build` first"
             )
         self._tok = Tokenizer.from_file(str(tokenizer_file))
-        self._counter = Tokenizer.from_file(str(tokenizer_file))
-        self._counter.no_truncation()
-        self._counter.no_padding()
+        counter = Tokenizer.from_file(str(tokenizer_file))
+        counter.no_truncation()
+        counter.no_padding()
+        self._counter = _LastEncoding(counter)
         self.count_tokens: TokenCounter = tokenizer_counter(self._counter)
         """Tokens a text takes, including the [CLS]/[SEP] the encoder adds (a counter the
         prompt library recognises as adding up over its separators)."""
@@ -48,7 +51,38 @@ class PromptTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (int64), truncated to ``max_length``."""
-        return np.asarray(self._tok.encode(text).ids, dtype=np.int64)
+        ids = self._counter.last_ids(text)  # the prompt renderer just counted this text
+        if ids is None or len(ids) > self.max_length:
+            ids = self._tok.encode(text).ids
+        return np.asarray(ids, dtype=np.int64)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(list(texts))]
+
+
+class _LastEncoding:
+    """A counting tokenizer that remembers, per thread, the ids of the text it encoded last.
+
+    The prompt renderer's last count is of the prompt it returns (its check of the budget
+    search), which ``PromptTokenizer.encode`` is asked for next: within ``max_length``
+    those ids are the truncating tokenizer's too, so the prompt is tokenized once, not twice.
+    Per thread, because featurizer workers run tasks in threads."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._last = threading.local()
+
+    def __getattr__(self, name: str) -> Any:  # pre_tokenizer, truncation, padding, ...
+        return getattr(self._tokenizer, name)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if add_special_tokens:
+            self._last.text, self._last.ids = text, encoding.ids
+        return encoding
+
+    def last_ids(self, text: str) -> list[int] | None:
+        if getattr(self._last, "text", None) == text:
+            ids: list[int] = self._last.ids
+            return ids
+        return None
