@@ -39,3 +39,26 @@ def test_e2e_quick(bench: Bench, built: Any, tmp_path: Path) -> None:
     assert split["model_compute_ms"] == pytest.approx(low["model_compute_ms"])
     assert min(split["featurizer_work_ms"], split["featurizer_round_trip_ms"]) >= 0
     assert (tmp_path / "e2e.png").read_bytes().startswith(bench.PNG_MAGIC)
+
+
+def test_every_configuration_split_adds_up_to_its_mean(bench: Bench) -> None:
+    e2e = bench.load("e2e.py")
+
+    def row(mean: float, gateway: float, featurize: float, compute: float | None) -> Any:
+        out = {"offered_rps": 1.0, "mean_ms": mean, "gateway_mean_ms": gateway,
+               "stages_ms": {"featurize": featurize, "rank": 5.0}}  # fmt: skip
+        return out if compute is None else {**out, "model_compute_ms": compute}
+
+    results = {
+        "disaggregated": [row(110.0, 108.0, 9.0, 80.0)],
+        "disaggregated-2w": [row(104.0, 101.0, 8.0, 79.0)],
+        "monolith": [row(100.0, 99.0, 4.0, None)],
+    }
+    for cfg, rows in results.items():
+        split = e2e.config_split(results, cfg)
+        assert sum(split.values()) == pytest.approx(rows[0]["mean_ms"]), cfg
+        assert min(split.values()) >= 0, split
+    dis = e2e.config_split(results, "disaggregated")
+    assert dis["featurizer_work_ms"] == 4.0 and dis["featurizer_round_trip_ms"] == 5.0
+    assert dis["client_http_ms"] == pytest.approx(2.0)
+    assert e2e.config_split({"disaggregated": results["disaggregated"]}, "disaggregated") == {}
