@@ -139,8 +139,9 @@ def hydrate_member(
     ranker scores candidates at).
     """
     s = ctx.settings
-    member = ctx.store.get_member(member_id)
-    history = with_session(ctx.store.get_history(member_id), session, now)
+    view = ctx.store.member_view(member_id, s.popular_candidates, s.fresh_candidates)
+    member = view.member
+    history = with_session(view.history, session, now)
     input_ids = np.zeros(0, dtype=np.int64)
     if member is not None and with_prompt:
         input_ids = ctx.tokenizer.encode(member_prompt(ctx, member, history))
@@ -159,8 +160,8 @@ def hydrate_member(
         "seen_ids": np.array(sorted(seen), dtype=np.int64),
         "blocked_author_ids": np.array(blocked, dtype=np.int64),
         "network_ids": np.array(network, dtype=np.int64),
-        "popular_ids": np.array(ctx.store.popular_posts(s.popular_candidates), dtype=np.int64),
-        "fresh_ids": np.array(ctx.store.recent_posts(s.fresh_candidates), dtype=np.int64),
+        "popular_ids": np.array(view.popular_ids, dtype=np.int64),
+        "fresh_ids": np.array(view.fresh_ids, dtype=np.int64),
         "request_time": int(now),
     }
     out.update(ctx.tensorizer.history_tensors(history, s.ranker_history_len))

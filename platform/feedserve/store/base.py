@@ -41,6 +41,17 @@ def empty_history() -> np.ndarray:
     return np.zeros(0, dtype=HISTORY_DTYPE)
 
 
+@dataclass(frozen=True)
+class MemberView:
+    """What hydrating a member reads first, in one visit (``FeatureStore.member_view``)."""
+
+    member: Member | None
+    history: np.ndarray
+    """All kept events, oldest first (``HISTORY_DTYPE``)."""
+    popular_ids: list[int]
+    fresh_ids: list[int]
+
+
 @runtime_checkable
 class FeatureStore(Protocol):
     """Member profiles, bounded histories, post metadata and engagement counters."""
@@ -89,6 +100,10 @@ class FeatureStore(Protocol):
 
     def get_counts(self, post_ids: Sequence[int]) -> list[EngagementCounts]:
         """Engagement counters; zeros for unknown posts."""
+
+    def member_view(self, member_id: int, popular: int, fresh: int) -> MemberView:
+        """``get_member``, ``get_history``, ``popular_posts(popular)`` and
+        ``recent_posts(fresh)`` at once (one round trip to Redis instead of four)."""
 
     # --- histories and events ----------------------------------------------------------------
     def get_history(self, member_id: int, limit: int | None = None) -> np.ndarray:

@@ -37,6 +37,7 @@ from feedserve.store.base import (
     ENGAGEMENT_WEIGHTS,
     HISTORY_DTYPE,
     EngagementEvent,
+    MemberView,
     StoredVector,
     empty_history,
 )
@@ -170,6 +171,14 @@ class MemoryFeatureStore:
         with self._lock:
             for m in members:
                 self._members[m.member_id] = m
+
+    def member_view(self, member_id: int, popular: int, fresh: int) -> MemberView:
+        return MemberView(
+            self.get_member(member_id),
+            self.get_history(member_id),
+            self.popular_posts(popular),
+            self.recent_posts(fresh),
+        )
 
     def get_member(self, member_id: int) -> Member | None:
         with self._lock:

@@ -39,6 +39,7 @@ from feedserve.store.base import (
     HISTORY_DTYPE,
     EmbeddingRecord,
     EngagementEvent,
+    MemberView,
     StoredVector,
     empty_history,
 )
@@ -97,6 +98,13 @@ def _member(post_id: int) -> bytes:
 def _chunks(items: Sequence[Any], n: int = _BATCH) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def _history(raw: Sequence[bytes]) -> np.ndarray:
+    """A history list's packed entries as one ``HISTORY_DTYPE`` array."""
+    if not raw:
+        return empty_history()
+    return np.frombuffer(b"".join(raw), dtype=HISTORY_DTYPE).copy()
 
 
 def _escape_glob(s: str) -> str:
@@ -232,6 +240,24 @@ class RedisFeatureStore:
     def get_member(self, member_id: int) -> Member | None:
         return self.get_members([member_id])[0]
 
+    def member_view(self, member_id: int, popular: int, fresh: int) -> MemberView:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._k("member", member_id))
+        pipe.lrange(self._k("hist", member_id), 0, -1)
+        for key, limit in (("pop", popular), ("recent", fresh)):
+            if limit > 0:  # a stop of -1 would read the whole set
+                pipe.zrevrange(self._k(key), 0, limit - 1)
+        member, history, *ranked = pipe.execute()
+        lists = iter(ranked)
+        pop = [int(m) for m in next(lists)] if popular > 0 else []
+        recent = [int(m) for m in next(lists)] if fresh > 0 else []
+        return MemberView(
+            None if member is None else Member.model_validate_json(member),
+            _history(history),
+            pop,
+            recent,
+        )
+
     def member_ids(self) -> list[int]:
         """SCAN over ``{prefix}:member:*`` (no index to keep in step)."""
         head = len(self._k("member", ""))
@@ -327,9 +353,7 @@ class RedisFeatureStore:
             return empty_history()
         start = 0 if limit is None else -limit
         raw: list[bytes] = self.client.lrange(self._k("hist", member_id), start, -1)
-        if not raw:
-            return empty_history()
-        return np.frombuffer(b"".join(raw), dtype=HISTORY_DTYPE).copy()
+        return _history(raw)
 
     def apply_events(self, events: Sequence[EngagementEvent]) -> int:
         """Apply new events; idempotent by ``event_id`` for 7 days (see the class docstring)."""

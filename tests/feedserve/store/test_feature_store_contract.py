@@ -490,3 +490,21 @@ def test_member_ids_lists_profiles(store: FeatureStore) -> None:
     assert store.member_ids() == []
     store.put_members([member(12), member(3), member(7)])
     assert store.member_ids() == [3, 7, 12]
+
+
+def test_member_view_reads_what_the_single_reads_do(store: FeatureStore) -> None:
+    empty = store.member_view(5, 10, 10)
+    assert empty.member is None and empty.history.dtype == HISTORY_DTYPE
+    assert empty.history.size == 0 and empty.popular_ids == empty.fresh_ids == []
+    store.put_members([member(5)])
+    store.put_posts([post(i, author_id=1 + i % 3, created_at=100 * i) for i in range(1, 9)])
+    store.apply_events(
+        [event(5, p, a) for p, a in ((3, Action.like), (7, Action.share), (3, Action.click))]
+    )
+    for popular, fresh in ((10, 10), (1, 3), (0, 2), (2, 0), (0, 0)):
+        view = store.member_view(5, popular, fresh)
+        assert view.member == store.get_member(5) == member(5)
+        assert np.array_equal(view.history, store.get_history(5)) and view.history.size == 3
+        assert view.popular_ids == store.popular_posts(popular)
+        assert view.fresh_ids == store.recent_posts(fresh)
+    assert store.member_view(5, 0, 0).popular_ids == []  # not the whole set (stop -1)
