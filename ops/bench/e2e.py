@@ -49,6 +49,7 @@ from rich.table import Table
 from feedserve.data.io import read_dataset
 from feedserve.launcher import Ports, Stack, load_dataset
 from feedserve.settings import LauncherSettings
+from feedserve.store import open_store
 
 NAME = "e2e"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 finally:
                     stack.stop()
+                    if not CONFIGS[cfg]["monolith"]:  # the demo data set loaded into Redis
+                        open_store(stack.settings).clear()
     print_table(results)
     summary = summarize(results)
     payload = {
