@@ -93,7 +93,8 @@ async def _infer_call(where: str, call: Awaitable[Any], timeout_s: float) -> Any
     """Await an inference call: server down, overloaded or slow → ``TritonUnavailable``; the
     request rejected (400) → ``TritonRequestError``."""
     try:
-        return await asyncio.wait_for(call, timeout=timeout_s)
+        async with asyncio.timeout(timeout_s):  # in this task: wait_for would make one
+            return await call
     except TimeoutError as exc:
         raise TritonUnavailable(where, "timed out") from exc
     except InferenceServerException as exc:

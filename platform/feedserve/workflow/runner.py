@@ -251,7 +251,8 @@ class Runner:
         try:
             if timeout <= 0:
                 raise TimeoutError("no time left before the request deadline")
-            out = await asyncio.wait_for(self._call(step, inp, timeout), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per step (wait_for's)
+                out = await self._call(step, inp, timeout)
             return out, "ok", ""
         except Exception as exc:
             if isinstance(exc, asyncio.TimeoutError | TimeoutError) and not str(exc):
