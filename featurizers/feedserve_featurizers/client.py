@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import reprlib
 import uuid
 from contextlib import suppress
 from typing import Any, Protocol
@@ -115,7 +116,11 @@ class CeleryFeaturizer:
 
     def _envelope(self, name: str, task_id: str, args: tuple[Any, ...]) -> str:
         """The task message as kombu's Redis transport stores it in the queue's list."""
-        message = self.app.amqp.as_task_v2(task_id, name, args, {}, origin=ORIGIN)
+        # argsrepr: Celery's saferepr walked every candidate id (~1.5 ms per feed under load)
+        argsrepr = reprlib.repr(args)
+        message = self.app.amqp.as_task_v2(
+            task_id, name, args, {}, origin=ORIGIN, argsrepr=argsrepr, kwargsrepr="{}"
+        )
         headers = {**message.headers, **tracing.inject()}  # the trace continues in the worker
         content_type, encoding, body = dumps(message.body, serializer=codec.SERIALIZER_NAME)
         return json.dumps(

@@ -385,7 +385,10 @@ def _rank_result(inp: Inputs, out: Mapping[str, np.ndarray]) -> Outputs:
 def _ordered(candidates: list[rules.Candidate], scores: np.ndarray) -> list[rules.Candidate]:
     if len(scores) != len(candidates):
         raise TritonError("generative_ranker", "returned the wrong number of scores")
-    scored = [replace(c, score=float(s)) for c, s in zip(candidates, scores.tolist(), strict=True)]
+    scored = [  # built directly: dataclasses.replace introspects the fields per candidate
+        rules.Candidate(c.post_id, c.sources, c.retrieval_score, s)
+        for c, s in zip(candidates, scores.tolist(), strict=True)
+    ]
     return sorted(scored, key=lambda c: (-(c.score or 0.0), c.post_id))
 
 
