@@ -14,6 +14,8 @@ count and time, loopback only) and records:
   time per request (the models' execution time from ``/v2/models/<m>/stats``, each batched
   execution counted once), so **overhead = end-to-end − model compute**.
 
+The lowest rate (the low-load figures: ``overhead_fraction_low_load``, the time split) runs
+for ``--low-load-duration`` (60 s: 60 requests at 1 rps), the others for ``--duration``.
 ``saturation_rps`` is the highest achieved throughput of a configuration over the sweep.
 Any gateway URL can be measured instead with ``--url`` (no stack is started; no Triton
 statistics). Results: ``ops/results/e2e.json`` and ``e2e.png`` (latency vs offered load;
@@ -204,13 +206,18 @@ def run_config(
     rates: list[float],
     duration_s: float,
     warmup: int,
+    low_load_duration_s: float = 0.0,
 ) -> list[dict[str, Any]]:
+    """Each rate for ``duration_s``; the lowest (the low-load figures) for at least
+    ``low_load_duration_s``, so that its mean rests on more than a few requests."""
     with httpx.Client(base_url=url, timeout=60) as c:
         for i in range(warmup):
             c.post("/v1/feed", json={"member_id": members[i % len(members)], "count": 20})
     rows = []
-    for rate in rates:
-        row = measure_rate(url, triton_url, members, rate, duration_s)
+    for i, rate in enumerate(rates):
+        seconds = max(duration_s, low_load_duration_s) if i == 0 else duration_s
+        row = measure_rate(url, triton_url, members, rate, seconds)
+        row["duration_s"] = seconds
         console.print(
             f"  {rate:6.1f} rps offered: {row['throughput_rps']:6.1f} rps ok, "
             f"p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, {row['errors']} errors"
@@ -337,12 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="measure this gateway instead of starting stacks")
     ap.add_argument("--rates", type=float, nargs="+", default=[1, 2, 4, 8, 12, 16, 24])
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
+    ap.add_argument("--low-load-duration", type=float, default=60.0,
+                    help="seconds at the lowest rate (at least --duration)")  # fmt: skip
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="tiny sweep, correctness only")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     if args.quick:
         args.rates, args.duration, args.configs = [2.0, 6.0], 2.0, ["disaggregated", "monolith"]
+        args.low_load_duration = 0.0
     warmup = 4 if args.quick else 30
     ds = read_dataset(args.data)
     rng = np.random.default_rng(0)
@@ -350,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, Any]]] = {}
     if args.url:
         console.print(f"[bold]{args.url}[/]")
-        results["url"] = run_config(args.url, None, members, args.rates, args.duration, warmup)
+        results["url"] = run_config(
+            args.url, None, members, args.rates, args.duration, warmup, args.low_load_duration
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="feedserve-e2e-") as tmp:
             for cfg in args.configs:
@@ -359,7 +371,13 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     triton = None if CONFIGS[cfg]["monolith"] else stack.triton_url
                     results[cfg] = run_config(
-                        stack.gateway_url, triton, members, args.rates, args.duration, warmup
+                        stack.gateway_url,
+                        triton,
+                        members,
+                        args.rates,
+                        args.duration,
+                        warmup,
+                        args.low_load_duration,
                     )
                 finally:
                     stack.stop()
@@ -379,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": load_average(),
             "rates": args.rates,
             "duration_s": args.duration,
+            "low_load_duration_s": max(args.duration, args.low_load_duration),
             "members": len(ds.members),
             "posts": len(ds.posts),
         },
