@@ -284,9 +284,9 @@ def config_split(results: dict[str, list[dict[str, Any]]], cfg: str) -> dict[str
     work = mono["stages_ms"].get("featurize", 0.0)
     client = mono["mean_ms"] - mono["gateway_mean_ms"]
     return {
+        "models_and_gateway_in_process_ms": mono["mean_ms"] - work - client,
         "featurizer_work_ms": work,
         "client_http_ms": client,
-        "models_and_gateway_in_process_ms": mono["mean_ms"] - work - client,
     }
 
 
@@ -310,6 +310,7 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     splits = {cfg: split for cfg in results if (split := config_split(results, cfg))}
     names = list(splits)
     parts = list(dict.fromkeys(p for split in splits.values() for p in split))
+    parts.sort(key=lambda p: not p.startswith("model"))  # the models at the bottom of each bar
     bottom = np.zeros(len(names))
     for part in parts:
         vals = np.array([splits[n].get(part, 0.0) for n in names])
@@ -317,7 +318,7 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
         bottom += vals
     ax2.set_ylabel(f"ms per request at {results[names[0]][0]['offered_rps']:g} rps (mean)")
     ax2.set_title("Where the time goes (parts add up to the mean)")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
