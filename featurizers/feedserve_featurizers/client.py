@@ -91,6 +91,9 @@ class CeleryFeaturizer:
         """The pub/sub connection, its reader started (once; again after a lost connection)."""
         async with self._lock:
             if self._pubsub is None or self._reader is None or self._reader.done():
+                if self._pubsub is not None:  # the lost connection's: let it go
+                    with suppress(RedisError, OSError):
+                        await self._pubsub.aclose()  # type: ignore[attr-defined]
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 # a channel of our own keeps the connection subscribed between tasks
                 await pubsub.subscribe(f"feedserve-featurizer-client-{uuid.uuid4().hex}")
