@@ -30,6 +30,9 @@ from feedserve_featurizers import hydrate
 
 log = logging.getLogger(__name__)
 
+CLIENT_NAME = "feedserve-featurizer-client"
+"""The Redis client name of the connections ``CeleryFeaturizer`` opens."""
+
 ORIGIN = anon_nodename()
 """The ``origin`` header of the task messages this process sends (Celery's own format)."""
 
@@ -79,7 +82,8 @@ class CeleryFeaturizer:
         self.app = make_app(settings)
         self.timeout_s = timeout_s
         self.queue = queue_name(settings.redis_prefix)
-        self.redis = aredis.Redis.from_url(settings.redis_url)
+        # named, so that CLIENT LIST tells the featurizer clients apart from the rest
+        self.redis = aredis.Redis.from_url(settings.redis_url, client_name=CLIENT_NAME)
         self.backend = self.app.backend
         self._pending: dict[bytes, asyncio.Future[bytes]] = {}
         self._pubsub: PubSub | None = None

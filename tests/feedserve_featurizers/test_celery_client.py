@@ -26,6 +26,7 @@ from feedserve.store.redis_store import redis_answers
 from feedserve_featurizers import hydrate
 from feedserve_featurizers.celery_app import queue_name
 from feedserve_featurizers.client import (
+    CLIENT_NAME,
     CeleryFeaturizer,
     FeaturizerTaskFailed,
     FeaturizerUnavailable,
@@ -144,3 +145,29 @@ def test_broker_down_is_unavailable_at_once(pool: FeaturizerSettings) -> None:
         call(down, lambda c: c.hydrate_member(1, None, NOW), timeout_s=5.0)
     assert time.monotonic() - start < 4
     assert call(down, lambda c: c.ready(), timeout_s=1.0) is False
+
+
+def test_a_lost_result_connection_is_replaced(pool: FeaturizerSettings) -> None:
+    """Redis drops the client's pub/sub connection (a restart, a proxy timeout): calls go on."""
+    server = redis.Redis.from_url(REDIS_URL)
+
+    def kill_result_connections() -> int:
+        mine = [
+            c for c in server.client_list() if c.get("name") == CLIENT_NAME and "P" in c["flags"]
+        ]
+        for c in mine:
+            server.client_kill_filter(_id=c["id"])
+        return len(mine)
+
+    async def across_a_drop(client: CeleryFeaturizer) -> list[bool]:
+        answers = [await client.ready()]
+        assert kill_result_connections() >= 1
+        for _ in range(2):  # the call that meets the dropped connection may fail; not more
+            try:
+                answers.append(await client.ready())
+            except FeaturizerUnavailable:
+                answers.append(False)
+        return answers
+
+    answers = call(pool, across_a_drop, timeout_s=2.0)
+    assert answers[0] is True and answers[-1] is True, answers
