@@ -241,13 +241,19 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         }
     if "monolith" in results and "disaggregated" in results:
         mono, dis = results["monolith"][0], results["disaggregated"][0]
-        if "model_compute_ms" in dis:
-            out["where_time_goes_low_load"] = time_split(dis, mono)
+        if split := config_split(results, "disaggregated"):
+            out["where_time_goes_low_load"] = split
         out["low_load_p50_ratio_disaggregated_vs_monolith"] = dis["p50_ms"] / mono["p50_ms"]
         out["saturation_ratio_disaggregated_vs_monolith"] = (
             saturation["disaggregated"] / saturation["monolith"]
         )
     return out
+
+
+def client_http(row: dict[str, Any]) -> float:
+    """The load generator's HTTP exchange with the gateway: its end-to-end mean minus the
+    gateway's own request time."""
+    return float(row["mean_ms"] - row["gateway_mean_ms"])
 
 
 def time_split(dis: dict[str, Any], mono: dict[str, Any]) -> dict[str, float]:
@@ -260,12 +266,11 @@ def time_split(dis: dict[str, Any], mono: dict[str, Any]) -> dict[str, float]:
     work plus the Triton client's (HTTP, tensors, Triton's queue)."""
     featurize = dis["stages_ms"].get("featurize", 0.0)
     work = min(mono["stages_ms"].get("featurize", 0.0), featurize)
-    client = dis["mean_ms"] - dis["gateway_mean_ms"]
     parts = {
         "model_compute_ms": dis["model_compute_ms"],
         "featurizer_work_ms": work,
         "featurizer_round_trip_ms": featurize - work,
-        "client_http_ms": client,
+        "client_http_ms": client_http(dis),
     }
     parts["gateway_and_triton_client_ms"] = dis["mean_ms"] - sum(parts.values())
     return parts
@@ -282,12 +287,28 @@ def config_split(results: dict[str, list[dict[str, Any]]], cfg: str) -> dict[str
         row = results[cfg][0]
         return time_split(row, mono) if "model_compute_ms" in row else {}
     work = mono["stages_ms"].get("featurize", 0.0)
-    client = mono["mean_ms"] - mono["gateway_mean_ms"]
+    client = client_http(mono)
     return {
         "models_and_gateway_in_process_ms": mono["mean_ms"] - work - client,
         "featurizer_work_ms": work,
         "client_http_ms": client,
     }
+
+
+def stacked_split(
+    ax: Any, splits: dict[str, dict[str, float]], results: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One bar per configuration, its parts stacked (the models at the bottom)."""
+    names = list(splits)
+    parts = list(dict.fromkeys(p for split in splits.values() for p in split))
+    parts.sort(key=lambda p: not p.startswith("model"))
+    bottom = np.zeros(len(names))
+    for part in parts:
+        vals = np.array([splits[n].get(part, 0.0) for n in names])
+        ax.bar(names, vals, bottom=bottom, label=part.removesuffix("_ms").replace("_", " "))
+        bottom += vals
+    ax.set_ylabel(f"ms per request at {results[names[0]][0]['offered_rps']:g} rps (mean)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
@@ -308,17 +329,12 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
     splits = {cfg: split for cfg in results if (split := config_split(results, cfg))}
-    names = list(splits)
-    parts = list(dict.fromkeys(p for split in splits.values() for p in split))
-    parts.sort(key=lambda p: not p.startswith("model"))  # the models at the bottom of each bar
-    bottom = np.zeros(len(names))
-    for part in parts:
-        vals = np.array([splits[n].get(part, 0.0) for n in names])
-        ax2.bar(names, vals, bottom=bottom, label=part.removesuffix("_ms").replace("_", " "))
-        bottom += vals
-    ax2.set_ylabel(f"ms per request at {results[names[0]][0]['offered_rps']:g} rps (mean)")
     ax2.set_title("Where the time goes (parts add up to the mean)")
-    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if splits:
+        stacked_split(ax2, splits, results)
+    else:  # --url, or no monolith run: nothing to split the mean against
+        ax2.text(0.5, 0.5, "the time split needs the monolith's run", ha="center")
+        ax2.set_axis_off()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

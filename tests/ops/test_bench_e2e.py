@@ -41,12 +41,13 @@ def test_e2e_quick(bench: Bench, built: Any, tmp_path: Path) -> None:
     assert (tmp_path / "e2e.png").read_bytes().startswith(bench.PNG_MAGIC)
 
 
-def test_every_configuration_split_adds_up_to_its_mean(bench: Bench) -> None:
+def test_every_configuration_split_adds_up_to_its_mean(bench: Bench, tmp_path: Path) -> None:
     e2e = bench.load("e2e.py")
 
     def row(mean: float, gateway: float, featurize: float, compute: float | None) -> Any:
         out = {"offered_rps": 1.0, "mean_ms": mean, "gateway_mean_ms": gateway,
-               "stages_ms": {"featurize": featurize, "rank": 5.0}}  # fmt: skip
+               "stages_ms": {"featurize": featurize, "rank": 5.0},
+               "p50_ms": mean, "p99_ms": mean, "throughput_rps": 1.0}  # fmt: skip
         return out if compute is None else {**out, "model_compute_ms": compute}
 
     results = {
@@ -62,3 +63,7 @@ def test_every_configuration_split_adds_up_to_its_mean(bench: Bench) -> None:
     assert dis["featurizer_work_ms"] == 4.0 and dis["featurizer_round_trip_ms"] == 5.0
     assert dis["client_http_ms"] == pytest.approx(2.0)
     assert e2e.config_split({"disaggregated": results["disaggregated"]}, "disaggregated") == {}
+    assert e2e.summarize(results)["where_time_goes_low_load"] == dis
+    # --url (no monolith run, no Triton statistics): the plot has no split, and still draws
+    png = e2e.plot({"url": results["disaggregated"]}, tmp_path / "url.png")
+    assert png.read_bytes().startswith(bench.PNG_MAGIC)
