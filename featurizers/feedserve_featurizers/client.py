@@ -147,6 +147,13 @@ class CeleryFeaturizer:
             }
         )
 
+    async def _publish(self, name: str, task_id: str, args: tuple[Any, ...]) -> None:
+        """Push the task onto the pool's queue (the broker down → ``FeaturizerUnavailable``)."""
+        try:
+            await self.redis.lpush(self.queue, self._envelope(name, task_id, args))
+        except (RedisError, OSError) as exc:
+            raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
+
     async def _call(self, name: str, *args: Any) -> Any:
         task_id = str(uuid.uuid4())
         channel = bytes(self.backend.get_key_for_task(task_id))
@@ -156,9 +163,9 @@ class CeleryFeaturizer:
             try:
                 pubsub = await self._listening()
                 await pubsub.subscribe(channel)  # before the task exists: no result is missed
-                await self.redis.lpush(self.queue, self._envelope(name, task_id, args))
             except (RedisError, OSError) as exc:
                 raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
+            await self._publish(name, task_id, args)
             raw: bytes | None
             try:
                 raw = await asyncio.wait_for(waiter, self.timeout_s)
@@ -209,11 +216,7 @@ class CeleryFeaturizer:
         return out
 
     async def index_post(self, post_id: int) -> None:
-        try:
-            envelope = self._envelope("feedserve.index_post", str(uuid.uuid4()), (post_id,))
-            await self.redis.lpush(self.queue, envelope)
-        except (RedisError, OSError) as exc:
-            raise FeaturizerUnavailable(f"index_post: broker unreachable ({exc})") from exc
+        await self._publish("feedserve.index_post", str(uuid.uuid4()), (post_id,))
 
     async def ready(self) -> bool:
         try:
