@@ -69,9 +69,11 @@ class CeleryFeaturizer:
 
     Tasks are Celery task messages (protocol 2, built by Celery's own ``as_task_v2`` and
     serializer registry) pushed onto the pool's queue as kombu's Redis transport does, so the
-    pool is plain Celery workers; results are read from Celery's Redis result backend: each
-    task's result channel, subscribed before the task is sent, on one pub/sub connection whose
-    reader hands each result to the request awaiting it. No thread per call: Celery's
+    pool is plain Celery workers; results are read from Celery's Redis result backend: the
+    task ids of this client share a prefix, so one pattern subscription (made once, on one
+    pub/sub connection) covers every result channel, and the reader hands each result to the
+    request awaiting it. A call costs one Redis round trip before its task is queued (a
+    subscription per task cost two, and one more after). No thread per call: Celery's
     synchronous client (``send_task`` + ``AsyncResult.get`` in a worker thread) cost ~1 ms
     more per call here, and its thread fought the event loop for the GIL.
     """
@@ -85,6 +87,10 @@ class CeleryFeaturizer:
         # named, so that CLIENT LIST tells the featurizer clients apart from the rest
         self.redis = aredis.Redis.from_url(settings.redis_url, client_name=CLIENT_NAME)
         self.backend = self.app.backend
+        self._task_prefix = f"{uuid.uuid4().hex}-"
+        """Every task id this client makes starts with it (hex: no glob pattern characters)."""
+        self._results = bytes(self.backend.get_key_for_task(self._task_prefix)) + b"*"
+        """The pattern of this client's result channels."""
         self._pending: dict[bytes, asyncio.Future[bytes]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -99,8 +105,7 @@ class CeleryFeaturizer:
                     with suppress(RedisError, OSError):
                         await self._pubsub.aclose()  # type: ignore[attr-defined]
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                # a channel of our own keeps the connection subscribed between tasks
-                await pubsub.subscribe(f"feedserve-featurizer-client-{uuid.uuid4().hex}")
+                await pubsub.psubscribe(self._results)
                 self._pubsub = pubsub
                 self._reader = asyncio.create_task(self._read(pubsub))
             return self._pubsub
@@ -109,7 +114,7 @@ class CeleryFeaturizer:
         try:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and message.get("type") == "message":
+                if message is not None and message.get("type") == "pmessage":
                     waiter = self._pending.get(message["channel"])
                     if waiter is not None and not waiter.done():
                         waiter.set_result(message["data"])
@@ -155,14 +160,13 @@ class CeleryFeaturizer:
             raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
 
     async def _call(self, name: str, *args: Any) -> Any:
-        task_id = str(uuid.uuid4())
+        task_id = f"{self._task_prefix}{uuid.uuid4().hex}"
         channel = bytes(self.backend.get_key_for_task(task_id))
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[channel] = waiter
         try:
             try:
-                pubsub = await self._listening()
-                await pubsub.subscribe(channel)  # before the task exists: no result is missed
+                await self._listening()  # subscribed before the task exists: nothing is missed
             except (RedisError, OSError) as exc:
                 raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
             await self._publish(name, task_id, args)
@@ -177,9 +181,6 @@ class CeleryFeaturizer:
                     ) from None
         finally:
             self._pending.pop(channel, None)
-            if self._pubsub is not None and not (self._reader is None or self._reader.done()):
-                with suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
         return self._result(name, raw)
 
     async def _stored_result(self, key: bytes) -> bytes | None:

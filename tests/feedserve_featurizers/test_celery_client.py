@@ -171,3 +171,35 @@ def test_a_lost_result_connection_is_replaced(pool: FeaturizerSettings) -> None:
 
     answers = call(pool, across_a_drop, timeout_s=2.0)
     assert answers[0] is True and answers[-1] is True, answers
+
+
+def test_one_pattern_subscription_serves_every_call(pool: FeaturizerSettings) -> None:
+    """No subscribe per task (it cost a Redis round trip before each task was queued): the
+    client's task ids share a prefix and one pattern subscription covers their results."""
+    import redis.asyncio as aredis
+
+    async def watched(client: CeleryFeaturizer) -> tuple[list[Any], int, list[bool]]:
+        server = aredis.Redis.from_url(REDIS_URL)
+        seen: list[Any] = []
+        patterns = 0
+
+        async def watch(done: asyncio.Event) -> None:
+            nonlocal patterns
+            while not done.is_set():
+                seen.extend(await server.pubsub_channels("celery-task-meta-*"))
+                patterns = max(patterns, int(await server.pubsub_numpat()))
+                await asyncio.sleep(0)
+
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        try:
+            answers = [await client.ready() for _ in range(5)]
+        finally:
+            done.set()
+            await watcher
+            await server.aclose()  # type: ignore[attr-defined]
+        return seen, patterns, answers
+
+    seen, patterns, answers = call(pool, watched)
+    assert answers == [True] * 5
+    assert seen == [] and patterns >= 1
