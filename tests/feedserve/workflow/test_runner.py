@@ -737,6 +737,30 @@ def test_default_workflow_online_computes_the_embedding() -> None:
     assert store.vector_count("member_embedding") == 0  # online mode stores nothing
 
 
+def test_default_workflow_sends_the_ranker_call_before_hydrating_candidates() -> None:
+    """Both start from the merged candidates; the model call goes out first, and the
+    featurizer round trip runs behind it (the other order delayed the ranker)."""
+    calls: list[str] = []
+
+    class Recording(FakeFeaturizer):
+        async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]:
+            calls.append("hydrate_candidates")
+            return await super().hydrate_candidates(post_ids)
+
+    wf = load_default()
+    runner, triton = feed_runner(wf, MemoryFeatureStore(), Recording())
+    rank = triton.rank
+
+    async def recorded_rank(*args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append("rank")
+        return await rank(*args, **kwargs)
+
+    triton.rank = recorded_rank  # type: ignore[method-assign]
+    result = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
+    assert result.degraded == []
+    assert calls == ["rank", "hydrate_candidates"]
+
+
 def test_default_workflow_reads_a_stored_member_embedding() -> None:
     wf = load_default().with_mode("embed_member", Mode.offline_nearline)
     store = MemoryFeatureStore()
