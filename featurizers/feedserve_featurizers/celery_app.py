@@ -110,6 +110,16 @@ def backend_url(redis_url: str) -> str:
     return f"{ResultBackend.__module__}:{ResultBackend.__qualname__}+{redis_url}"
 
 
+PROMPT_SUFFIX = b".prompt"
+
+
+def prompt_channel(result_key: str | bytes) -> bytes:
+    """Where ``hydrate_member`` publishes the prompt's tokens early: the task's result
+    channel + ``PROMPT_SUFFIX`` (a caller's pattern subscription covers both)."""
+    key = result_key.encode() if isinstance(result_key, str) else bytes(result_key)
+    return key + PROMPT_SUFFIX
+
+
 def queue_name(prefix: str) -> str:
     return f"{prefix}.featurizer"
 

@@ -12,6 +12,7 @@ import json
 import logging
 import reprlib
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -41,6 +42,10 @@ class FeaturizerUnavailable(Exception):
     """The featurizer pool did not answer in time (no worker, broker down)."""
 
 
+PromptCallback = Callable[[np.ndarray], None]
+"""Receives the member prompt's token ids before hydration finishes (on the event loop)."""
+
+
 class Featurizer(Protocol):
     async def hydrate_member(
         self,
@@ -48,7 +53,10 @@ class Featurizer(Protocol):
         session: hydrate.SessionContext | None,
         now: int,
         with_prompt: bool = True,
-    ) -> dict[str, Any]: ...
+        on_prompt: PromptCallback | None = None,
+    ) -> dict[str, Any]:
+        """The member's features; ``on_prompt`` (if given, and the prompt is made) receives
+        the prompt's token ids as soon as they exist, before this returns."""
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]: ...
 
@@ -79,7 +87,7 @@ class CeleryFeaturizer:
     """
 
     def __init__(self, settings: FeaturizerSettings, timeout_s: float) -> None:
-        from feedserve_featurizers.celery_app import make_app, queue_name
+        from feedserve_featurizers.celery_app import make_app, prompt_channel, queue_name
 
         self.app = make_app(settings)
         self.timeout_s = timeout_s
@@ -92,6 +100,9 @@ class CeleryFeaturizer:
         self._results = bytes(self.backend.get_key_for_task(self._task_prefix)) + b"*"
         """The pattern of this client's result channels."""
         self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._prompt_channel = prompt_channel
+        self._early: dict[bytes, PromptCallback] = {}
+        """Prompt channels (``prompt_channel``) of the calls in flight that asked for one."""
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -115,9 +126,12 @@ class CeleryFeaturizer:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None and message.get("type") == "pmessage":
-                    waiter = self._pending.get(message["channel"])
+                    channel = message["channel"]
+                    waiter = self._pending.get(channel)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(message["data"])
+                    elif (early := self._early.pop(channel, None)) is not None:
+                        early(codec.decode(message["data"]))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the connection is gone: fail the waiting calls now
@@ -159,11 +173,13 @@ class CeleryFeaturizer:
         except (RedisError, OSError) as exc:
             raise FeaturizerUnavailable(f"{name}: broker unreachable ({exc})") from exc
 
-    async def _call(self, name: str, *args: Any) -> Any:
+    async def _call(self, name: str, *args: Any, on_prompt: PromptCallback | None = None) -> Any:
         task_id = f"{self._task_prefix}{uuid.uuid4().hex}"
         channel = bytes(self.backend.get_key_for_task(task_id))
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[channel] = waiter
+        if on_prompt is not None:
+            self._early[self._prompt_channel(channel)] = on_prompt
         try:
             try:
                 await self._listening()  # subscribed before the task exists: nothing is missed
@@ -181,6 +197,8 @@ class CeleryFeaturizer:
                     ) from None
         finally:
             self._pending.pop(channel, None)
+            if on_prompt is not None:
+                self._early.pop(self._prompt_channel(channel), None)
         return self._result(name, raw)
 
     async def _stored_result(self, key: bytes) -> bytes | None:
@@ -205,10 +223,18 @@ class CeleryFeaturizer:
         session: hydrate.SessionContext | None,
         now: int,
         with_prompt: bool = True,
+        on_prompt: PromptCallback | None = None,
     ) -> dict[str, Any]:
         payload = session.model_dump() if session else None
+        early = on_prompt is not None and with_prompt
         out: dict[str, Any] = await self._call(
-            "feedserve.hydrate_member", member_id, payload, now, with_prompt
+            "feedserve.hydrate_member",
+            member_id,
+            payload,
+            now,
+            with_prompt,
+            early,
+            on_prompt=on_prompt if early else None,
         )
         return out
 
@@ -268,9 +294,18 @@ class InProcessFeaturizer:
         session: hydrate.SessionContext | None,
         now: int,
         with_prompt: bool = True,
+        on_prompt: PromptCallback | None = None,
     ) -> dict[str, Any]:
+        early: PromptCallback | None = None
+        if on_prompt is not None:
+            loop, callback = asyncio.get_running_loop(), on_prompt
+
+            def to_loop(ids: np.ndarray) -> None:  # from the worker thread, onto the loop
+                loop.call_soon_threadsafe(callback, ids)
+
+            early = to_loop
         return await asyncio.to_thread(
-            hydrate.hydrate_member, self.ctx, member_id, session, now, with_prompt
+            hydrate.hydrate_member, self.ctx, member_id, session, now, with_prompt, early
         )
 
     async def hydrate_candidates(self, post_ids: list[int]) -> dict[str, Any]:

@@ -51,6 +51,13 @@ def to_wire(result: dict[str, object]) -> dict[str, object]:
     return out
 
 
+def prompt_wire(input_ids: np.ndarray) -> np.ndarray:
+    """Prompt token ids in their wire dtype (what ``to_wire`` makes of ``input_ids``)."""
+    wire = to_wire({"input_ids": input_ids})["input_ids"]
+    assert isinstance(wire, np.ndarray)
+    return wire
+
+
 class SessionContext(BaseModel):
     """What the client knows about the current session and the store may not have yet."""
 
@@ -127,8 +134,12 @@ def hydrate_member(
     session: SessionContext | None,
     now: int,
     with_prompt: bool = True,
+    on_prompt: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, object]:
     """Everything the online path needs about one member, from one feature-store visit.
+
+    ``on_prompt`` receives the prompt's token ids (wire dtype) as soon as they exist, before
+    the rest is computed: the caller can start the embedding meanwhile.
 
     Keys: ``known`` (profile or history exists), ``input_ids`` (member prompt tokens; empty
     without a profile, or when ``with_prompt`` is false: the member embedding is read from
@@ -145,6 +156,8 @@ def hydrate_member(
     input_ids = np.zeros(0, dtype=np.int64)
     if member is not None and with_prompt:
         input_ids = ctx.tokenizer.encode(member_prompt(ctx, member, history))
+        if on_prompt is not None:
+            on_prompt(prompt_wire(input_ids))
     seen = set(history["post_id"][-SEEN_WINDOW:].tolist())
     if session is not None:
         seen.update(session.seen_post_ids)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from celery import Task
 
+from feedserve import codec
 from feedserve.settings import FeaturizerSettings
 from feedserve.store import open_embedding_log
 from feedserve.store.base import EmbeddingLog
 from feedserve.triton_client import TritonUnavailable, run_sync
 from feedserve_featurizers import hydrate
-from feedserve_featurizers.celery_app import app
+from feedserve_featurizers.celery_app import app, prompt_channel
 
 
 @lru_cache(maxsize=1)
@@ -31,12 +33,29 @@ def ping() -> str:
     return "pong"
 
 
-@app.task(name="feedserve.hydrate_member")
+@app.task(name="feedserve.hydrate_member", bind=True)
 def hydrate_member(
-    member_id: int, session: dict[str, object] | None, now: int, with_prompt: bool = True
+    self: Task,
+    member_id: int,
+    session: dict[str, object] | None,
+    now: int,
+    with_prompt: bool = True,
+    early_prompt: bool = False,
 ) -> dict[str, object]:
+    """``early_prompt``: the prompt's tokens are also published as soon as they exist, on the
+    result channel + ``PROMPT_SUFFIX``, so the caller can start embedding them."""
     parsed = hydrate.SessionContext.model_validate(session) if session else None
-    return hydrate.hydrate_member(context(), int(member_id), parsed, int(now), bool(with_prompt))
+    on_prompt = None
+    if early_prompt and self.request.id:
+        channel = prompt_channel(self.backend.get_key_for_task(self.request.id))
+        client = self.backend.client
+
+        def on_prompt(ids: np.ndarray) -> None:
+            client.publish(channel, codec.encode(ids))
+
+    return hydrate.hydrate_member(
+        context(), int(member_id), parsed, int(now), bool(with_prompt), on_prompt
+    )
 
 
 @app.task(name="feedserve.hydrate_candidates")

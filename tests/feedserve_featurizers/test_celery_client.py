@@ -203,3 +203,27 @@ def test_one_pattern_subscription_serves_every_call(pool: FeaturizerSettings) ->
     seen, patterns, answers = call(pool, watched)
     assert answers == [True] * 5
     assert seen == [] and patterns >= 1
+
+
+def test_the_prompt_arrives_before_the_member_features(pool: FeaturizerSettings) -> None:
+    """The worker publishes the prompt's tokens as soon as they exist; the client hands them
+    to ``on_prompt`` before the call returns, equal to the final ``input_ids``."""
+
+    async def early(client: CeleryFeaturizer) -> tuple[list[str], list[Any], dict[str, Any]]:
+        order: list[str] = []
+        got: list[Any] = []
+
+        def on_prompt(ids: Any) -> None:
+            order.append("prompt")
+            got.append(ids)
+
+        out = await client.hydrate_member(1, None, NOW, on_prompt=on_prompt)
+        order.append("features")
+        lean = await client.hydrate_member(1, None, NOW, with_prompt=False, on_prompt=on_prompt)
+        assert lean["input_ids"].size == 0
+        return order, got, out
+
+    order, got, out = call(pool, early)
+    assert order == ["prompt", "features"]  # once: no prompt without one to make
+    assert got[0].dtype == out["input_ids"].dtype and got[0].size > 0
+    assert np.array_equal(got[0], out["input_ids"])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -27,6 +28,8 @@ from feedserve.data.synthetic import DemoDataset
 from feedserve.prompts import special_tokens
 from feedserve.settings import FeaturizerSettings
 from feedserve.store import EngagementEvent, MemoryFeatureStore
+from feedserve.triton_client import InferenceClient
+from feedserve_featurizers.client import InProcessFeaturizer
 from feedserve_featurizers.hydrate import (
     WIRE_DTYPES,
     FeaturizerContext,
@@ -161,6 +164,49 @@ def test_without_the_prompt_everything_else_is_the_same(world: World) -> None:
     assert full.keys() == lean.keys()
     for key, value in full.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(lean[key]), err_msg=key)
+
+
+def test_the_prompt_is_handed_over_before_the_rest(world: World) -> None:
+    """``on_prompt`` gets the final prompt tokens (wire dtype) once, before the network
+    candidates are read; the in-process featurizer delivers them on the event loop."""
+    member = engaged_member(world)
+    order: list[str] = []
+    got: list[np.ndarray] = []
+    reads = world.store.posts_by_authors
+
+    def spy(author_ids: Any, limit: int) -> list[int]:
+        order.append("network read")
+        return reads(author_ids, limit)
+
+    world.store.posts_by_authors = spy  # type: ignore[method-assign]
+
+    def on_prompt(ids: np.ndarray) -> None:
+        order.append("prompt")
+        got.append(ids)
+
+    out = hydrate_member(world.ctx, member.member_id, None, world.now, on_prompt=on_prompt)
+    assert order == ["prompt", "network read"]
+    assert got[0].dtype == WIRE_DTYPES["input_ids"]
+    np.testing.assert_array_equal(got[0], np.asarray(out["input_ids"]))
+    none: list[np.ndarray] = []
+    hydrate_member(world.ctx, member.member_id, None, world.now, False, none.append)
+    assert none == []  # no prompt made, none handed over
+
+    async def in_process() -> tuple[dict[str, Any], list[tuple[np.ndarray, bool]]]:
+        loop = asyncio.get_running_loop()
+        calls: list[tuple[np.ndarray, bool]] = []
+        featurizer = InProcessFeaturizer(world.ctx, cast(InferenceClient, None), None)
+
+        def on_loop(ids: np.ndarray) -> None:
+            calls.append((ids, asyncio.get_running_loop() is loop))
+
+        result = await featurizer.hydrate_member(member.member_id, None, world.now, True, on_loop)
+        await asyncio.sleep(0)  # a callback scheduled last runs now
+        return result, calls
+
+    result, calls = asyncio.run(in_process())
+    assert len(calls) == 1 and calls[0][1]
+    np.testing.assert_array_equal(calls[0][0], np.asarray(result["input_ids"]))
 
 
 def test_network_candidates_come_from_connections_and_follows(world: World) -> None:

@@ -115,6 +115,18 @@ def wanted(output: str) -> bool:
     return outputs is None or output in outputs
 
 
+EMIT: ContextVar[Callable[[str, Any], None] | None] = ContextVar(
+    "feedserve_emit_output", default=None
+)
+"""Hands one of the running step's outputs to its consumers before the step finishes (set by
+the runner per step, for the outputs its op declares ``early``)."""
+
+
+def emitter() -> Callable[[str, Any], None] | None:
+    """The running step's ``emit(output, value)``, or None when nothing can be emitted."""
+    return EMIT.get()
+
+
 Inputs = Mapping[str, Any]
 Outputs = dict[str, Any]
 Impl = Callable[[OpContext, Inputs, float], Awaitable[Outputs]]
@@ -145,6 +157,9 @@ class Op:
     rank), else None."""
     encoder_space: bool = False
     """Its stored outputs are in the retrieval encoder's space (checked on every read)."""
+    early: frozenset[str] = frozenset()
+    """Outputs it may emit (``emitter()``) before it finishes: their consumers start then.
+    An emitted value is final: the op returns the same value for it."""
 
 
 OPS: dict[str, Op] = {}
@@ -161,13 +176,14 @@ def op(
     remote: RemoteAdapter | None = None,
     shortcut: Callable[[Inputs], Outputs | None] = _no_shortcut,
     encoder_space: bool = False,
+    early: frozenset[str] = frozenset(),
 ) -> Callable[[Impl], Impl]:
     def register(fn: Impl) -> Impl:
         sig = OpSignature(
             name, dict(inputs), dict(outputs), modes, description, variadic, optional,
             remote is not None,
         )  # fmt: skip
-        OPS[name] = Op(sig, fn, remote, shortcut, encoder_space)
+        OPS[name] = Op(sig, fn, remote, shortcut, encoder_space, frozenset(early))
         return fn
 
     return register
@@ -188,12 +204,21 @@ def _np(member: Inputs, key: str, dtype: type = np.int64) -> np.ndarray:
     description="featurizer pool: profile, history, ranker tensors, candidate ids, and the "
     "member prompt's tokens when this run needs them",
     optional=frozenset({"session_context"}),
+    early=frozenset({"member_prompt"}),
 )
 async def hydrate_member(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
     session = inp.get("session_context")
+    emit = emitter()
+    with_prompt = wanted("member_prompt")
+    on_prompt = None
+    if emit is not None and with_prompt:
+
+        def on_prompt(ids: np.ndarray) -> None:  # the embedding starts while hydration ends
+            emit("member_prompt", np.asarray(ids, dtype=np.int64))
+
     member = dict(
         await ctx.featurizer.hydrate_member(
-            int(inp["member_id"]), session, int(inp["now"]), with_prompt=wanted("member_prompt")
+            int(inp["member_id"]), session, int(inp["now"]), with_prompt, on_prompt=on_prompt
         )
     )
     prompt = np.asarray(member.pop("input_ids", np.zeros(0)), dtype=np.int64)

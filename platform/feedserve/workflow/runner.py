@@ -2,12 +2,14 @@
 refreshes (nearline) all go through ``Runner.run``.
 
 Online: every step the requested outputs need starts at once as an asyncio task and waits
-only for the values it consumes, so independent branches run concurrently. Each step runs
-under ``min(timeout_ms, deadline_share x deadline, time left)``; a step that fails or runs
-late gives its fallback outputs (the answer is flagged degraded, naming the step) or, without
-a fallback, fails the request with its own exception. Offline and nearline steps are not run
-in a request: their stored result is read by key (``on_miss`` says what happens when none is
-stored).
+only for the values it consumes, so independent branches run concurrently. An op may hand
+one of its outputs over before it finishes (``Op.early``, ``ops.emitter``): its consumers
+start then (the member prompt's embedding starts while the featurizer finishes hydrating).
+Each step runs under ``min(timeout_ms, deadline_share x deadline, time left)``; a step that
+fails or runs late gives its fallback outputs (the answer is flagged degraded, naming the
+step) or, without a fallback, fails the request with its own exception. Offline and
+nearline steps are not run in a request: their stored result is read by key (``on_miss``
+says what happens when none is stored).
 
 Batch (offline job, nearline refresh): ``compute_keys`` evaluates a materialized step for a
 list of keys, with whatever it needs upstream evaluated per key, without a deadline and
@@ -29,6 +31,7 @@ from feedserve import tracing
 from feedserve.store.base import StoredVector
 from feedserve.triton_client import OipV2Client
 from feedserve.workflow.ops import (
+    EMIT,
     OPS,
     WANTED,
     ModelHeld,
@@ -120,6 +123,14 @@ class _Run:
         """Values some step of this run (or its caller) consumes."""
         self.degraded: list[str] = []
         self.trace: list[StepTrace] = []
+        self.early: dict[str, asyncio.Future[Any]] = {}
+        """Values handed over by their step before it finished (``Op.early``)."""
+
+    def early_value(self, name: str) -> asyncio.Future[Any]:
+        fut = self.early.get(name)
+        if fut is None:
+            fut = self.early[name] = asyncio.get_running_loop().create_future()
+        return fut
 
 
 class Runner:
@@ -199,13 +210,38 @@ class Runner:
         producer = self.wf.producer[value]
         if not producer:
             return st.inputs[value]
-        return (await self._task(producer, st))[value]
+        task = self._task(producer, st)
+        if not task.done() and value in self._early(producer):
+            early = st.early_value(value)
+            await asyncio.wait((task, early), return_when=asyncio.FIRST_COMPLETED)
+            if early.done():
+                return early.result()
+        return (await task)[value]
+
+    def _early(self, name: str) -> frozenset[str]:
+        """Outputs step ``name`` may hand over before it finishes."""
+        op = self.ops.get(self.wf.step(name).op_name)
+        return frozenset() if op is None else op.early
+
+    def _emitter(self, step: StepSpec, st: _Run) -> Callable[[str, Any], None]:
+        """``emit(output, value)`` for a step's op (called on the event loop's thread)."""
+        allowed = self._early(step.name) & set(step.outputs)
+
+        def emit(output: str, value: Any) -> None:
+            if output not in allowed:
+                raise ValueError(f"step {step.name!r} cannot hand {output!r} over early")
+            fut = st.early_value(output)
+            if not fut.done():
+                fut.set_result(value)
+
+        return emit
 
     async def _node(self, name: str, st: _Run) -> Outputs:
         step = self.wf.step(name)
         t0 = time.perf_counter()
         status, detail = "ok", ""
         WANTED.set(frozenset(o for o in step.outputs if o in st.demand))  # this task only
+        EMIT.set(self._emitter(step, st) if self._early(name) else None)
         span, token = tracing.start(f"step {name}", **{"feedserve.mode": step.mode.value})
         try:
             if step.mode.materialized and name not in st.compute:
@@ -262,7 +298,11 @@ class Runner:
             reason = f"{step.name} fell back: {_describe(exc)}"
             log.warning("%s", reason)
             st.degraded.append(reason)
-            return self._fallback(step, inp), "fallback", _describe(exc)
+            out = self._fallback(step, inp)
+            for name, fut in st.early.items():  # consumers already have these: they stand
+                if name in step.outputs and fut.done():
+                    out[name] = fut.result()
+            return out, "fallback", _describe(exc)
 
     async def _call(self, step: StepSpec, inp: Mapping[str, Any], timeout: float) -> Outputs:
         impl = self.ops[step.op_name]

@@ -45,11 +45,18 @@ class FakeFeaturizer:
         self.indexed: list[int] = []
 
     async def hydrate_member(
-        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+        self,
+        member_id: int,
+        session: Any,
+        now: int,
+        with_prompt: bool = True,
+        on_prompt: Any = None,
     ) -> dict[str, Any]:
         if self.down:
             raise FeaturizerUnavailable("no worker answered")
         ids = np.arange(1, 5, dtype=np.int64) if self.known else np.zeros(0, np.int64)
+        if on_prompt is not None and self.known and with_prompt:
+            on_prompt(ids)
         hist = np.zeros(8, dtype=np.int64)
         return {
             "member_id": member_id,
@@ -432,11 +439,16 @@ class SlowFeaturizer(FakeFeaturizer):
         self.waiting = 0
 
     async def hydrate_member(
-        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+        self,
+        member_id: int,
+        session: Any,
+        now: int,
+        with_prompt: bool = True,
+        on_prompt: Any = None,
     ) -> dict[str, Any]:
         self.waiting += 1
         await asyncio.to_thread(self.release.wait, 30)
-        return await super().hydrate_member(member_id, session, now, with_prompt)
+        return await super().hydrate_member(member_id, session, now, with_prompt, on_prompt)
 
 
 def test_overload_sheds_with_429_and_admitted_requests_complete() -> None:

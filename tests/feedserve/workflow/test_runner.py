@@ -15,7 +15,16 @@ import pytest
 from feedserve.store.base import StoredVector
 from feedserve.store.memory import MemoryFeatureStore
 from feedserve.triton_client import InferenceClient
-from feedserve.workflow.ops import FeedConfig, Inputs, ModelHeld, Op, OpContext, Outputs, Vec
+from feedserve.workflow.ops import (
+    FeedConfig,
+    Inputs,
+    ModelHeld,
+    Op,
+    OpContext,
+    Outputs,
+    Vec,
+    emitter,
+)
 from feedserve.workflow.runner import BATCH_COUNT, Runner, RunResult
 from feedserve.workflow.spec import Mode, OpSignature, Workflow, check, load_default, parse
 from feedserve_featurizers.client import Featurizer
@@ -131,6 +140,68 @@ def test_consumer_sees_its_producers_output() -> None:
     assert result.degraded == []
     both = guarded(runner.run({"x": 1}, targets=["y", "z"]))
     assert both.values == {"y": 2, "z": 3}
+
+
+def early_ops(fail_after_emit: bool = False) -> tuple[dict[str, Op], list[str]]:
+    """``first`` hands ``y`` over early, then waits until ``second`` (a consumer of ``y``)
+    has run before it finishes with ``w``: the run only ends if ``second`` started early."""
+    events: list[str] = []
+    second_ran = asyncio.Event()
+
+    async def first(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
+        emit = emitter()
+        assert emit is not None
+        with pytest.raises(ValueError, match="cannot hand 'w' over early"):
+            emit("w", 0)  # not declared early
+        emit("y", 2 * inp["x"])
+        events.append("first emitted y")
+        await second_ran.wait()
+        events.append("first finished")
+        if fail_after_emit:
+            raise Boom("after the emit")
+        return {"y": 2 * inp["x"], "w": 7}
+
+    async def second(ctx: OpContext, inp: Inputs, timeout_s: float) -> Outputs:
+        events.append(f"second got y={inp['y']}")
+        second_ran.set()
+        return {"z": inp["y"] + 1}
+
+    ops = {
+        "first": Op(
+            OpSignature("first", {"x": "Count"}, {"y": "Count", "w": "Count"}, ALL),
+            first,
+            early=frozenset({"y"}),
+        ),
+        "second": make_op("second", {"y": "Count"}, {"z": "Count"}, second),
+    }
+    return ops, events
+
+
+EARLY_STEPS = [
+    {"name": "first", "inputs": {"x": "Count"}, "outputs": {"y": "Count", "w": "Count"}},
+    {"name": "second", "inputs": {"y": "Count"}, "outputs": {"z": "Count"}},
+]
+
+
+def test_a_consumer_starts_on_an_output_handed_over_early() -> None:
+    ops, events = early_ops()
+    result = guarded(make_runner(workflow(EARLY_STEPS, ["z", "w"]), ops).run({"x": 5}))
+    assert result.values == {"z": 11, "w": 7}
+    assert events == ["first emitted y", "second got y=10", "first finished"]
+    assert statuses(result) == {"first": "ok", "second": "ok"}
+
+
+def test_an_early_output_stands_when_its_step_then_fails() -> None:
+    """Without a fallback the run fails; with one, the fallback cannot take back what the
+    consumers already have."""
+    ops, _ = early_ops(fail_after_emit=True)
+    with pytest.raises(Boom):
+        guarded(make_runner(workflow(EARLY_STEPS, ["z", "w"]), ops).run({"x": 5}))
+    ops, _ = early_ops(fail_after_emit=True)
+    steps = [dict(EARLY_STEPS[0], fallback={"y": "empty", "w": "empty"}), EARLY_STEPS[1]]
+    result = guarded(make_runner(workflow(steps, ["y", "z", "w"]), ops).run({"x": 5}))
+    assert result.values == {"y": 10, "z": 11, "w": None}
+    assert statuses(result)["first"] == "fallback"
 
 
 def test_after_waits_for_a_step_that_feeds_no_input() -> None:
@@ -610,18 +681,25 @@ class FakeFeaturizer:
         self.no_profile = no_profile
 
     async def hydrate_member(
-        self, member_id: int, session: Any, now: int, with_prompt: bool = True
+        self,
+        member_id: int,
+        session: Any,
+        now: int,
+        with_prompt: bool = True,
+        on_prompt: Any = None,
     ) -> dict[str, Any]:
         self.members.append(member_id)
         self.with_prompt.append(with_prompt)
         known = member_id not in self.no_profile
         hist = np.zeros(8, dtype=np.int64)
+        prompt = np.arange(1, 5, dtype=np.int64) if known and with_prompt else np.zeros(0, np.int64)
+        if on_prompt is not None and known and with_prompt:
+            on_prompt(prompt)
+            await asyncio.sleep(0)  # the rest of the hydration takes a while
         return {
             "member_id": member_id,
             "known": known,
-            "input_ids": np.arange(1, 5, dtype=np.int64)
-            if known and with_prompt
-            else np.zeros(0, np.int64),
+            "input_ids": prompt,
             "seen_ids": np.array([1, 2], dtype=np.int64),
             "blocked_author_ids": np.zeros(0, dtype=np.int64),
             "network_ids": np.array([30, 31], dtype=np.int64),
@@ -759,6 +837,40 @@ def test_default_workflow_sends_the_ranker_call_before_hydrating_candidates() ->
     result = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
     assert result.degraded == []
     assert calls == ["rank", "hydrate_candidates"]
+
+
+def test_default_workflow_embeds_the_prompt_while_the_member_is_hydrated() -> None:
+    """The featurizer hands the prompt over first; the embedding starts before hydration
+    finishes (this featurizer finishes only once the embedding has started)."""
+    embedding = asyncio.Event()
+
+    class Slow(FakeFeaturizer):
+        async def hydrate_member(
+            self,
+            member_id: int,
+            session: Any,
+            now: int,
+            with_prompt: bool = True,
+            on_prompt: Any = None,
+        ) -> dict[str, Any]:
+            out = await super().hydrate_member(member_id, session, now, with_prompt, on_prompt)
+            await embedding.wait()
+            return out
+
+    wf = load_default()
+    runner, triton = feed_runner(wf, MemoryFeatureStore(), Slow())
+    embed = triton.embed_ids_tagged
+
+    async def started(*args: Any, **kwargs: Any) -> tuple[np.ndarray, str]:
+        embedding.set()
+        return await embed(*args, **kwargs)
+
+    triton.embed_ids_tagged = started  # type: ignore[method-assign]
+    result = guarded(runner.run(FEED_REQUEST, targets=feed_targets(wf)))
+    assert statuses(result)["embed_member"] == "ok" and result.degraded == []
+    trace = {t.step: t for t in result.trace}
+    hydrated = trace["hydrate_member"].start_ms + trace["hydrate_member"].ms
+    assert trace["embed_member"].start_ms < hydrated
 
 
 def test_default_workflow_reads_a_stored_member_embedding() -> None:
