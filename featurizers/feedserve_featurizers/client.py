@@ -131,7 +131,10 @@ class CeleryFeaturizer:
                     if waiter is not None and not waiter.done():
                         waiter.set_result(message["data"])
                     elif (early := self._early.pop(channel, None)) is not None:
-                        early(codec.decode(message["data"]))
+                        try:
+                            early(codec.decode(message["data"]))
+                        except Exception:  # the receiver's bug: not a lost connection
+                            log.exception("the early member prompt's receiver failed")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the connection is gone: fail the waiting calls now

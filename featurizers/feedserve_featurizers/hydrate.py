@@ -53,9 +53,7 @@ def to_wire(result: dict[str, object]) -> dict[str, object]:
 
 def prompt_wire(input_ids: np.ndarray) -> np.ndarray:
     """Prompt token ids in their wire dtype (what ``to_wire`` makes of ``input_ids``)."""
-    wire = to_wire({"input_ids": input_ids})["input_ids"]
-    assert isinstance(wire, np.ndarray)
-    return wire
+    return np.asarray(to_wire({"input_ids": input_ids})["input_ids"])
 
 
 class SessionContext(BaseModel):
