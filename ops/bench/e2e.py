@@ -409,18 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     members = [int(m) for m in rng.choice([m.member_id for m in ds.members], 200)]
     results: dict[str, list[dict[str, Any]]] = {}
+
+    def sweep(url: str, triton: str | None) -> list[dict[str, Any]]:
+        return run_config(
+            url, triton, members, args.rates, args.duration, warmup, args.low_load_duration, probes
+        )
+
     if args.url:
         console.print(f"[bold]{args.url}[/]")
-        results["url"] = run_config(
-            args.url,
-            None,
-            members,
-            args.rates,
-            args.duration,
-            warmup,
-            args.low_load_duration,
-            probes,
-        )
+        results["url"] = sweep(args.url, None)
     else:
         with tempfile.TemporaryDirectory(prefix="feedserve-e2e-") as tmp:
             for cfg in args.configs:
@@ -428,16 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack = start_stack(cfg, args.data, args.artifacts, Path(tmp))
                 try:
                     triton = None if CONFIGS[cfg]["monolith"] else stack.triton_url
-                    results[cfg] = run_config(
-                        stack.gateway_url,
-                        triton,
-                        members,
-                        args.rates,
-                        args.duration,
-                        warmup,
-                        args.low_load_duration,
-                        probes,
-                    )
+                    results[cfg] = sweep(stack.gateway_url, triton)
                 finally:
                     stack.stop()
                     if not CONFIGS[cfg]["monolith"]:  # the demo data set loaded into Redis
