@@ -7,14 +7,14 @@ torch); the retrieval encoder uses the very same ``tokenizer.json`` when it is h
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from feedserve.prompts import TokenCounter, tokenizer_counter
+from feedserve.prompts import SplittingCounter, TokenCounter, tokenizer_counter
 
 
 class PromptTokenizer:
@@ -33,6 +33,10 @@ class PromptTokenizer:
         self.count_tokens: TokenCounter = tokenizer_counter(self._counter)
         """Tokens a text takes, including the [CLS]/[SEP] the encoder adds (a counter the
         prompt library recognises as adding up over its separators)."""
+        count = self.count_tokens
+        self._ids: Callable[[str], list[int] | None] = (
+            count.ids if isinstance(count, SplittingCounter) else lambda text: None
+        )
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_length)
         self.max_length = max_length
@@ -51,7 +55,9 @@ class PromptTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (int64), truncated to ``max_length``."""
-        ids = self._counter.last_ids(text)  # the prompt renderer just counted this text
+        ids = self._ids(text)  # word-piece ids from memoized chunks (see WordPieceCounter)
+        if ids is None:
+            ids = self._counter.last_ids(text)  # the prompt renderer just counted this text
         if ids is None or len(ids) > self.max_length:
             ids = self._tok.encode(text).ids
         return np.asarray(ids, dtype=np.int64)

@@ -48,14 +48,25 @@ def test_a_counted_text_longer_than_max_length_is_still_truncated() -> None:
 
 
 def test_what_another_thread_counted_is_not_taken() -> None:
+    """Text the word-piece counter leaves to the tokenizer (an emoji here) is tokenized by it
+    once: its ids are remembered per thread."""
     tok = PromptTokenizer(TOKENIZER, max_length=64)
-    tok.count_tokens("engineer at a startup")
+    text = "engineer at a startup 🤖"
+    tok.count_tokens(text)
     seen: list[list[int] | None] = []
-    worker = threading.Thread(
-        target=lambda: seen.append(tok._counter.last_ids("engineer at a startup"))
-    )
+    worker = threading.Thread(target=lambda: seen.append(tok._counter.last_ids(text)))
     worker.start()
     worker.join()
     assert seen == [None]
-    assert tok._counter.last_ids("engineer at a startup") is not None
-    assert tok.encode("engineer at a startup").tolist() == reference("engineer at a startup", 64)
+    assert tok._counter.last_ids(text) is not None
+    assert tok.encode(text).tolist() == reference(text, 64)
+
+
+def test_prompts_in_the_counted_characters_never_reach_the_tokenizer() -> None:
+    """Counting and encoding a prompt of common text (accents, curly quotes) runs on memoized
+    word-piece ids, and gives the tokenizer's ids."""
+    tok = PromptTokenizer(TOKENIZER, max_length=64)
+    text = "[member] title: Ingénieure | activity: like (ml): “Ranking” at scale…"
+    assert tok.count_tokens(text) == len(reference(text, 64))
+    assert tok._counter.last_ids(text) is None  # the tokenizer was not asked
+    assert tok.encode(text).tolist() == reference(text, 64)
