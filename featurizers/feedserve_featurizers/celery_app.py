@@ -7,6 +7,7 @@ The task queue is named after the Redis key prefix, so several stacks can share 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from celery import Celery, signals, states
@@ -16,6 +17,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from feedserve import codec, tracing
 from feedserve.settings import FeaturizerSettings
+from feedserve_featurizers import broker
 
 register(
     codec.SERIALIZER_NAME,
@@ -61,6 +63,19 @@ def _end_span(task_id: str = "", **_: Any) -> None:
 def _configure_tracing(**_: Any) -> None:
     settings = FeaturizerSettings()
     tracing.configure("feedserve-featurizer", settings.otlp_endpoint, settings.trace_file)
+
+
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.worker.request")
+"""Celery's loggers of a line per task received / succeeded (INFO); errors are WARNING+."""
+
+
+@signals.worker_init.connect
+def _per_task_logs(**_: Any) -> None:
+    """Without ``log_each_task``, Celery's per-task INFO lines are off (its tracer and task
+    strategy read the level once, when the worker builds them, after this signal)."""
+    if not FeaturizerSettings().log_each_task:
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @signals.worker_init.connect
@@ -128,6 +143,8 @@ def make_app(settings: FeaturizerSettings) -> Celery:
     app = Celery("feedserve_featurizers", include=["feedserve_featurizers.tasks"])
     app.conf.update(
         broker_url=settings.redis_url or "memory://",
+        # kombu's Redis transport, less its ack emulation for request-path tasks (``broker``)
+        broker_transport=broker.TRANSPORT if settings.redis_url else None,
         result_backend=backend_url(settings.redis_url),
         task_serializer=codec.SERIALIZER_NAME,
         result_serializer=codec.SERIALIZER_NAME,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from celery.backends.cache import CacheBackend
 
 from feedserve.settings import FeaturizerSettings
 from feedserve.store.redis_store import redis_answers
+from feedserve_featurizers import celery_app
 from feedserve_featurizers.celery_app import ResultBackend, make_app
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -73,3 +75,21 @@ def test_a_failure_is_stored_when_nothing_succeeded(backend: ResultBackend) -> N
 def test_without_redis_the_results_stay_in_memory() -> None:
     app = make_app(FeaturizerSettings(redis_url="", redis_prefix="rb"))
     assert isinstance(app.backend, CacheBackend)
+
+
+@pytest.mark.parametrize("each", [False, True])
+def test_per_task_log_lines_only_when_asked(each: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's INFO line per task received/succeeded is off unless ``log_each_task``."""
+    monkeypatch.setenv("FEEDSERVE_LOG_EACH_TASK", "1" if each else "0")
+    loggers = [logging.getLogger(name) for name in celery_app.PER_TASK_LOGGERS]
+    before = [log.level for log in loggers]
+    try:
+        for log in loggers:
+            log.setLevel(logging.NOTSET)
+        celery_app._per_task_logs()
+        for log in loggers:
+            assert log.isEnabledFor(logging.WARNING)
+            assert log.level == (logging.NOTSET if each else logging.WARNING)
+    finally:
+        for log, level in zip(loggers, before, strict=True):
+            log.setLevel(level)
