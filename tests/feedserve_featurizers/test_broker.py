@@ -51,7 +51,7 @@ def put(conn: Connection, queue: str, task: str) -> None:
 def unacked(keys: dict[str, str]) -> dict[bytes, bytes]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        return client.hgetall(keys["unacked_key"])  # type: ignore[return-value]
+        return client.hgetall(keys["unacked_key"])
     finally:
         client.close()
 
