@@ -17,7 +17,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from feedserve import codec, tracing
 from feedserve.settings import FeaturizerSettings
-from feedserve_featurizers import broker
+from feedserve_featurizers import broker, pool
 
 register(
     codec.SERIALIZER_NAME,
@@ -145,6 +145,8 @@ def make_app(settings: FeaturizerSettings) -> Celery:
         broker_url=settings.redis_url or "memory://",
         # kombu's Redis transport, less its ack emulation for request-path tasks (``broker``)
         broker_transport=broker.TRANSPORT if settings.redis_url else None,
+        # Celery's thread pool, running a request-path task inline when idle (``pool``)
+        worker_pool=pool.POOL,
         result_backend=backend_url(settings.redis_url),
         task_serializer=codec.SERIALIZER_NAME,
         result_serializer=codec.SERIALIZER_NAME,

@@ -349,8 +349,7 @@ def featurizer_deployment(
             "celery",
             "-A",
             "feedserve_featurizers.celery_app",
-            "worker",
-            "--pool=threads",
+            "worker",  # the app's own pool (feedserve_featurizers.pool)
             f"--concurrency={pool.concurrency}",
             "--loglevel=INFO",
             "--hostname=featurizer@%h",

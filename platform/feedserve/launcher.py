@@ -277,7 +277,7 @@ class Stack:
         for i in range(s.featurizer_workers):
             cmd = [
                 sys.executable, "-m", "celery", "-A", "feedserve_featurizers.celery_app",
-                "worker", "--pool=threads", "--concurrency=4", "--loglevel=INFO",
+                "worker", "--concurrency=4", "--loglevel=INFO",
                 f"--hostname=featurizer{i}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
             ]  # fmt: skip
