@@ -93,3 +93,23 @@ def test_per_task_log_lines_only_when_asked(each: bool, monkeypatch: pytest.Monk
     finally:
         for log, level in zip(loggers, before, strict=True):
             log.setLevel(level)
+
+
+def test_a_ready_worker_has_loaded_its_context_and_frozen_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from feedserve_featurizers import tasks
+
+    calls: list[str] = []
+    monkeypatch.setattr(tasks, "context", lambda: calls.append("context"))
+    monkeypatch.setattr(celery_app.gc, "freeze", lambda: calls.append("freeze"))
+    celery_app._load_and_freeze()
+    assert calls == ["context", "freeze"]
+
+    def broken() -> None:
+        raise FileNotFoundError("buckets.json is missing")
+
+    calls.clear()
+    monkeypatch.setattr(tasks, "context", broken)
+    celery_app._load_and_freeze()  # logged; the ping task reports it as before
+    assert calls == ["freeze"]
