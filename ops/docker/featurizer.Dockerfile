@@ -73,5 +73,5 @@ USER 1000:1000
 # no ports: the worker and the consumer only talk to Redis and Triton
 # the same command as render.py's `featurizer` container (spec.featurizers.concurrency: 4)
 CMD ["python", "-m", "celery", "-A", "feedserve_featurizers.celery_app", "worker", \
-     "--pool=threads", "--concurrency=4", "--loglevel=INFO", "--hostname=featurizer@%h", \
+     "--concurrency=4", "--loglevel=INFO", "--hostname=featurizer@%h", \
      "--without-gossip", "--without-mingle", "--without-heartbeat"]
