@@ -63,6 +63,16 @@ def test_the_app_uses_it_with_redis_and_not_without() -> None:
     assert "memory" in str(app.connection_for_write().transport_cls)
 
 
+def test_request_path_tasks_are_the_apps_tasks() -> None:
+    """The names are written in ``broker`` (which the tasks module cannot be imported into):
+    a renamed task would silently lose its place there."""
+    from feedserve_featurizers import tasks
+
+    registered = set(tasks.app.tasks)
+    assert broker.REQUEST_PATH_TASKS.issubset(registered)
+    assert "feedserve.index_post" in registered - broker.REQUEST_PATH_TASKS
+
+
 @pytest.mark.parametrize(
     ("task", "expected"),
     [("feedserve.hydrate_member", True), ("feedserve.index_post", False), (None, False)],
